@@ -1,0 +1,3 @@
+//! proxyd: a caching proxy for package registries (placeholder until the front lands).
+
+fn main() {}

@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod key;
+mod object;
+mod redact;
+mod signer;
+mod stream;
+
+pub use error::{Error, ErrorKind, Result};
+pub use key::ObjectKey;
+pub use object::{ByteStream, GetResult, ObjectMeta, PutOptions, PutResult, Storage};
+pub use redact::redact_signed_url;
+pub use signer::{
+    MAX_PRESIGN_TTL_ANY, MIN_PRESIGN_TTL, PresignSupport, PresignedUrl, ResponseOverrides, Signer,
+    validate_ttl,
+};
+pub use stream::{PartReader, PutDigest};

@@ -1,0 +1,330 @@
+use std::io::SeekFrom;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use proxyd_storage_core::{
+    ByteStream, Error, ErrorKind, GetResult, ObjectKey, ObjectMeta, PartReader, PresignSupport,
+    PutOptions, PutResult, Result, Signer, Storage,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+use tokio_util::io::ReaderStream;
+
+/// Stripes of the in-process rename lock (data and sidecar of one key move together).
+const LOCK_STRIPES: usize = 64;
+/// Read buffer for streamed gets.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A storage backend on a local directory.
+#[derive(Clone)]
+pub struct FsStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    locks: Vec<Mutex<()>>,
+}
+
+impl std::fmt::Debug for FsStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsStorage").field("root", &self.inner.root).finish()
+    }
+}
+
+impl FsStorage {
+    /// Use (and create if missing) the directory `root`.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        tokio::fs::create_dir_all(&root).await.map_err(|e| {
+            Error::from(e).with_key(&root.display().to_string())
+        })?;
+        let root = tokio::fs::canonicalize(&root).await?;
+        let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
+        Ok(Self { inner: Arc::new(Inner { root, locks }) })
+    }
+
+    /// Parse a `file://` storage URL (`file:///abs/path`, `file://./rel/path`) into a directory.
+    pub fn path_from_url(url: &str) -> Result<PathBuf> {
+        let rest = url.strip_prefix("file://").ok_or_else(|| {
+            Error::invalid("open", format!("storage URL {url:?} does not start with file://"))
+        })?;
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        if rest.is_empty() {
+            return Err(Error::invalid("open", format!("storage URL {url:?} names no directory")));
+        }
+        Ok(PathBuf::from(rest))
+    }
+
+    /// The directory objects live in.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    fn data_path(&self, key: &ObjectKey) -> PathBuf {
+        // Safe: ObjectKey admits no absolute path, `..`, backslash or dot-segment.
+        self.inner.root.join(key.as_str())
+    }
+
+    fn lock_for(&self, key: &ObjectKey) -> &Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key.as_str());
+        &self.inner.locks[(hash as usize) % LOCK_STRIPES]
+    }
+}
+
+fn sidecar_path(data: &Path) -> PathBuf {
+    let name = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    data.with_file_name(format!(".{name}.meta"))
+}
+
+fn temp_path(data: &Path, what: &str) -> PathBuf {
+    let name = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let nonce: u64 = rand::random();
+    data.with_file_name(format!(".{name}.{what}-{nonce:016x}"))
+}
+
+/// Removes a temporary file unless disarmed, so a failed or dropped put leaves nothing.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sidecar {
+    content_type: Option<String>,
+    sha256: Option<String>,
+}
+
+impl Sidecar {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        if let Some(ct) = &self.content_type {
+            out.push_str(&format!("content-type: {ct}\n"));
+        }
+        if let Some(sha) = &self.sha256 {
+            out.push_str(&format!("sha256: {sha}\n"));
+        }
+        out
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut out = Self::default();
+        for line in text.lines() {
+            match line.split_once(": ") {
+                Some(("content-type", v)) => out.content_type = Some(v.to_owned()),
+                Some(("sha256", v)) => out.sha256 = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+async fn read_sidecar(data: &Path) -> Sidecar {
+    match tokio::fs::read_to_string(sidecar_path(data)).await {
+        Ok(text) => Sidecar::parse(&text),
+        Err(_) => Sidecar::default(),
+    }
+}
+
+fn content_type_ok(ct: &str) -> bool {
+    !ct.is_empty() && ct.len() <= 256 && ct.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::File::open(dir).await?.sync_all().await
+}
+
+fn meta_from(key: &ObjectKey, md: &std::fs::Metadata, sidecar: Sidecar) -> ObjectMeta {
+    ObjectMeta {
+        key: key.clone(),
+        size: md.len(),
+        content_type: sidecar.content_type,
+        etag: sidecar.sha256.map(|s| format!("\"{s}\"")),
+        last_modified: md.modified().ok(),
+    }
+}
+
+fn op_err<'a>(op: &'static str, key: &'a ObjectKey) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |e| {
+        let kind = Error::from(e);
+        Error::new(kind.kind(), op, kind.message().to_owned()).with_key(key.as_str())
+    }
+}
+
+impl Signer for FsStorage {
+    fn presign_support(&self) -> PresignSupport {
+        PresignSupport::Unsupported {
+            reason: "local filesystem storage has no URL to sign; hits are streamed".into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn put(
+        &self,
+        key: &ObjectKey,
+        body: ByteStream,
+        options: PutOptions,
+    ) -> Result<PutResult> {
+        if let Some(ct) = &options.content_type
+            && !content_type_ok(ct)
+        {
+            return Err(Error::invalid("put", "content type is empty, too long or not printable")
+                .with_key(key.as_str()));
+        }
+        let data = self.data_path(key);
+        let dir = data.parent().unwrap_or(&self.inner.root).to_path_buf();
+        tokio::fs::create_dir_all(&dir).await.map_err(op_err("put", key))?;
+
+        let tmp = temp_path(&data, "tmp");
+        let mut guard = TempGuard(Some(tmp.clone()));
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(op_err("put", key))?;
+        let mut reader = PartReader::new(body);
+        while let Some(chunk) = reader.next_chunk().await.map_err(op_err("put", key))? {
+            file.write_all(&chunk).await.map_err(op_err("put", key))?;
+        }
+        file.flush().await.map_err(op_err("put", key))?;
+        file.sync_all().await.map_err(op_err("put", key))?;
+        drop(file);
+        let digest = reader.digest();
+        let sha_hex = hex::encode(digest.sha256);
+
+        let sidecar = Sidecar { content_type: options.content_type, sha256: Some(sha_hex.clone()) };
+        let meta_tmp = temp_path(&data, "metatmp");
+        let mut meta_guard = TempGuard(Some(meta_tmp.clone()));
+        tokio::fs::write(&meta_tmp, sidecar.render()).await.map_err(op_err("put", key))?;
+
+        {
+            let _held = self.lock_for(key).lock().await;
+            tokio::fs::rename(&meta_tmp, sidecar_path(&data)).await.map_err(op_err("put", key))?;
+            meta_guard.0 = None;
+            tokio::fs::rename(&tmp, &data).await.map_err(op_err("put", key))?;
+            guard.0 = None;
+        }
+        sync_dir(&dir).await.map_err(op_err("put", key))?;
+        Ok(PutResult { size: digest.size, sha256: digest.sha256, etag: Some(format!("\"{sha_hex}\"")) })
+    }
+
+    async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<GetResult> {
+        let data = self.data_path(key);
+        let mut file = match tokio::fs::File::open(&data).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::not_found("get", key.as_str()));
+            }
+            Err(e) => return Err(op_err("get", key)(e)),
+        };
+        let md = file.metadata().await.map_err(op_err("get", key))?;
+        if !md.is_file() {
+            return Err(Error::not_found("get", key.as_str()));
+        }
+        let meta = meta_from(key, &md, read_sidecar(&data).await);
+        let range = match range {
+            None => 0..meta.size,
+            Some(r) if r.start < r.end && r.end <= meta.size => r,
+            Some(r) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "get",
+                    format!("range {}..{} is outside the object of {} bytes", r.start, r.end, meta.size),
+                )
+                .with_key(key.as_str()));
+            }
+        };
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start)).await.map_err(op_err("get", key))?;
+        }
+        let body = ReaderStream::with_capacity(file.take(range.end - range.start), READ_CHUNK);
+        Ok(GetResult { meta, range, body: body.boxed() })
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
+        let data = self.data_path(key);
+        match tokio::fs::metadata(&data).await {
+            Ok(md) if md.is_file() => Ok(meta_from(key, &md, read_sidecar(&data).await)),
+            Ok(_) => Err(Error::not_found("head", key.as_str())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::not_found("head", key.as_str()))
+            }
+            Err(e) => Err(op_err("head", key)(e)),
+        }
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        let data = self.data_path(key);
+        let _held = self.lock_for(key).lock().await;
+        for path in [data.clone(), sidecar_path(&data)] {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(op_err("delete", key)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        ObjectKey::validate_prefix(prefix)?;
+        let root = self.inner.root.clone();
+        let prefix = prefix.to_owned();
+        // A directory walk is blocking work; keep it off the async workers.
+        tokio::task::spawn_blocking(move || walk(&root, &prefix))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Unexpected, "list", e.to_string()))?
+    }
+}
+
+fn walk(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    // Start from the deepest directory the prefix names entirely.
+    let start_rel = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![(root.join(start_rel), start_rel.to_owned())];
+    while let Some((dir, rel)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::from(e)),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue; // temporary files and sidecars
+            }
+            let key_str = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                if key_str.starts_with(prefix) || prefix.starts_with(&format!("{key_str}/")) {
+                    stack.push((entry.path(), key_str));
+                }
+            } else if ft.is_file() && key_str.starts_with(prefix) {
+                let Ok(key) = ObjectKey::new(key_str) else { continue };
+                let md = entry.metadata()?;
+                out.push(ObjectMeta {
+                    key,
+                    size: md.len(),
+                    content_type: None,
+                    etag: None,
+                    last_modified: md.modified().ok().or(Some(SystemTime::UNIX_EPOCH)),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}

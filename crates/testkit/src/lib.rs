@@ -1,0 +1,26 @@
+#![doc = include_str!("../README.md")]
+#![allow(clippy::unwrap_used, missing_docs)] // test support: failing loudly is the point
+
+pub mod conformance;
+pub mod emulators;
+pub mod forward;
+
+use std::path::PathBuf;
+
+/// Where `scripts/test` installs tools (s3s-fs, Azurite): `$PROXYD_TOOLS_DIR`, else
+/// `$PROXYD_CACHE_DIR/tools`, else `~/.cache/proxyd-dev/tools`.
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PROXYD_TOOLS_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("PROXYD_CACHE_DIR") {
+        return PathBuf::from(dir).join("tools");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache/proxyd-dev/tools")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
