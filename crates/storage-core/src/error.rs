@@ -56,7 +56,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` raised by operation `op`.
     pub fn new(kind: ErrorKind, op: &'static str, message: impl Into<String>) -> Self {
-        Self { kind, op, key: None, message: message.into(), source: None }
+        Self {
+            kind,
+            op,
+            key: None,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Shorthand for an [`ErrorKind::Unsupported`] error.
@@ -132,7 +138,10 @@ impl fmt::Display for Error {
         }
         write!(f, "failed ({}): {}", self.kind, self.message)?;
         // One line with the root cause: callers log errors once, where they are handled.
-        let mut cause = self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static));
+        let mut cause = self
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static));
         while let Some(err) = cause {
             write!(f, ": {err}")?;
             cause = err.source();
@@ -172,7 +181,10 @@ mod tests {
             .with_key("npm/a.tgz")
             .with_source(io);
         let text = err.to_string();
-        assert_eq!(text, "put \"npm/a.tgz\" failed (temporary failure): write failed: disk on fire");
+        assert_eq!(
+            text,
+            "put \"npm/a.tgz\" failed (temporary failure): write failed: disk on fire"
+        );
         assert!(err.is_temporary());
     }
 }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod base_url;
 mod error;
 mod key;
 mod object;
@@ -7,6 +8,7 @@ mod redact;
 mod signer;
 mod stream;
 
+pub use base_url::validate_public_base_url;
 pub use error::{Error, ErrorKind, Result};
 pub use key::ObjectKey;
 pub use object::{ByteStream, GetResult, ObjectMeta, PutOptions, PutResult, Storage};

@@ -40,7 +40,9 @@ pub struct PutOptions {
 impl PutOptions {
     /// Options with a content type.
     pub fn with_content_type(content_type: impl Into<String>) -> Self {
-        Self { content_type: Some(content_type.into()) }
+        Self {
+            content_type: Some(content_type.into()),
+        }
     }
 }
 
@@ -85,8 +87,12 @@ impl fmt::Debug for GetResult {
 #[async_trait]
 pub trait Storage: Signer {
     /// Store `body` under `key`; commits only once the stream has ended without error.
-    async fn put(&self, key: &ObjectKey, body: ByteStream, options: PutOptions)
-    -> Result<PutResult>;
+    async fn put(
+        &self,
+        key: &ObjectKey,
+        body: ByteStream,
+        options: PutOptions,
+    ) -> Result<PutResult>;
 
     /// Read `key`, or the bytes `range` of it (`range.start < range.end <= size`; a range past
     /// the end fails with [`crate::ErrorKind::InvalidInput`]).

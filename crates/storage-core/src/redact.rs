@@ -1,6 +1,12 @@
 /// Query parameters that make a URL a credential (SigV4, Azure SAS, CloudFront-style).
-const SECRET_PARAMS: &[&str] =
-    &["x-amz-signature", "x-amz-security-token", "x-amz-credential", "sig", "signature", "skoid"];
+const SECRET_PARAMS: &[&str] = &[
+    "x-amz-signature",
+    "x-amz-security-token",
+    "x-amz-credential",
+    "sig",
+    "signature",
+    "skoid",
+];
 
 /// `url` with the value of every signature-bearing query parameter replaced by `REDACTED`,
 /// so the rest (host, key, expiry) can be logged.
@@ -45,7 +51,10 @@ mod tests {
         assert!(!r.contains("deadbeef") && !r.contains("AK%2F2"), "{r}");
         assert!(r.contains("X-Amz-Expires=900"));
         let az = "http://h/acct/c/k?sv=2022-11-02&sp=r&sig=abc%3D";
-        assert_eq!(redact_signed_url(az), "http://h/acct/c/k?sv=2022-11-02&sp=r&sig=REDACTED");
+        assert_eq!(
+            redact_signed_url(az),
+            "http://h/acct/c/k?sv=2022-11-02&sp=r&sig=REDACTED"
+        );
         assert_eq!(redact_signed_url("http://h/x"), "http://h/x");
     }
 }

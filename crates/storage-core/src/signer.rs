@@ -46,7 +46,10 @@ pub struct ResponseOverrides {
 impl ResponseOverrides {
     /// Overrides for a content type and, optionally, an attachment file name.
     pub fn new(content_type: Option<String>, content_disposition: Option<String>) -> Self {
-        Self { content_type, content_disposition }
+        Self {
+            content_type,
+            content_disposition,
+        }
     }
 }
 
@@ -112,7 +115,10 @@ pub trait Signer: Send + Sync + fmt::Debug + 'static {
         overrides: &ResponseOverrides,
     ) -> Result<PresignedUrl> {
         let _ = (key, ttl, overrides);
-        Err(Error::unsupported("presign_get", "this storage backend cannot presign URLs"))
+        Err(Error::unsupported(
+            "presign_get",
+            "this storage backend cannot presign URLs",
+        ))
     }
 }
 
@@ -141,7 +147,9 @@ mod tests {
     struct NoSign;
     impl Signer for NoSign {
         fn presign_support(&self) -> PresignSupport {
-            PresignSupport::Unsupported { reason: "test".into() }
+            PresignSupport::Unsupported {
+                reason: "test".into(),
+            }
         }
     }
 
@@ -161,8 +169,11 @@ mod tests {
         assert!(validate_ttl(Duration::from_secs(1), MAX_PRESIGN_TTL_ANY).is_ok());
         assert!(validate_ttl(MAX_PRESIGN_TTL_ANY, MAX_PRESIGN_TTL_ANY).is_ok());
         assert!(
-            validate_ttl(MAX_PRESIGN_TTL_ANY + Duration::from_secs(1), MAX_PRESIGN_TTL_ANY)
-                .is_err()
+            validate_ttl(
+                MAX_PRESIGN_TTL_ANY + Duration::from_secs(1),
+                MAX_PRESIGN_TTL_ANY
+            )
+            .is_err()
         );
     }
 

@@ -28,7 +28,13 @@ pub struct PartReader {
 impl PartReader {
     /// Start reading `body`.
     pub fn new(body: ByteStream) -> Self {
-        Self { body, pending: None, hasher: Sha256::new(), size: 0, done: false }
+        Self {
+            body,
+            pending: None,
+            hasher: Sha256::new(),
+            size: 0,
+            done: false,
+        }
     }
 
     /// The next non-empty chunk as the body produced it, `None` at the end.
@@ -56,7 +62,9 @@ impl PartReader {
         assert!(part_size > 0, "part size must be positive");
         let mut buf = BytesMut::new();
         while buf.len() < part_size {
-            let Some(mut chunk) = self.next_chunk().await? else { break };
+            let Some(mut chunk) = self.next_chunk().await? else {
+                break;
+            };
             let need = part_size - buf.len();
             if chunk.len() > need {
                 self.pending = Some(chunk.split_off(need));
@@ -69,7 +77,11 @@ impl PartReader {
             }
             buf.extend_from_slice(&chunk);
         }
-        Ok(if buf.is_empty() { None } else { Some(buf.freeze()) })
+        Ok(if buf.is_empty() {
+            None
+        } else {
+            Some(buf.freeze())
+        })
     }
 
     /// Whether the body has ended (and nothing is pending).
@@ -77,9 +89,27 @@ impl PartReader {
         self.done && self.pending.is_none()
     }
 
+    /// Whether the body has no more bytes, reading ahead one chunk if needed (kept for the
+    /// next read).
+    pub async fn at_end(&mut self) -> std::io::Result<bool> {
+        if self.pending.is_some() {
+            return Ok(false);
+        }
+        match self.next_chunk().await? {
+            Some(chunk) => {
+                self.pending = Some(chunk);
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
     /// Size and SHA-256 of what was read; call after the body ended.
     pub fn digest(&self) -> PutDigest {
-        PutDigest { size: self.size, sha256: self.hasher.clone().finalize().into() }
+        PutDigest {
+            size: self.size,
+            sha256: self.hasher.clone().finalize().into(),
+        }
     }
 }
 
@@ -89,7 +119,9 @@ mod tests {
     use futures::stream;
 
     fn body(chunks: Vec<&'static [u8]>) -> ByteStream {
-        Box::pin(stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c)))))
+        Box::pin(stream::iter(
+            chunks.into_iter().map(|c| Ok(Bytes::from_static(c))),
+        ))
     }
 
     #[tokio::test]

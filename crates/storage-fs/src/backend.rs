@@ -32,7 +32,9 @@ struct Inner {
 
 impl std::fmt::Debug for FsStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsStorage").field("root", &self.inner.root).finish()
+        f.debug_struct("FsStorage")
+            .field("root", &self.inner.root)
+            .finish()
     }
 }
 
@@ -40,22 +42,30 @@ impl FsStorage {
     /// Use (and create if missing) the directory `root`.
     pub async fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        tokio::fs::create_dir_all(&root).await.map_err(|e| {
-            Error::from(e).with_key(&root.display().to_string())
-        })?;
+        tokio::fs::create_dir_all(&root)
+            .await
+            .map_err(|e| Error::from(e).with_key(&root.display().to_string()))?;
         let root = tokio::fs::canonicalize(&root).await?;
         let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
-        Ok(Self { inner: Arc::new(Inner { root, locks }) })
+        Ok(Self {
+            inner: Arc::new(Inner { root, locks }),
+        })
     }
 
     /// Parse a `file://` storage URL (`file:///abs/path`, `file://./rel/path`) into a directory.
     pub fn path_from_url(url: &str) -> Result<PathBuf> {
         let rest = url.strip_prefix("file://").ok_or_else(|| {
-            Error::invalid("open", format!("storage URL {url:?} does not start with file://"))
+            Error::invalid(
+                "open",
+                format!("storage URL {url:?} does not start with file://"),
+            )
         })?;
         let rest = rest.split(['?', '#']).next().unwrap_or_default();
         if rest.is_empty() {
-            return Err(Error::invalid("open", format!("storage URL {url:?} names no directory")));
+            return Err(Error::invalid(
+                "open",
+                format!("storage URL {url:?} names no directory"),
+            ));
         }
         Ok(PathBuf::from(rest))
     }
@@ -78,12 +88,18 @@ impl FsStorage {
 }
 
 fn sidecar_path(data: &Path) -> PathBuf {
-    let name = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     data.with_file_name(format!(".{name}.meta"))
 }
 
 fn temp_path(data: &Path, what: &str) -> PathBuf {
-    let name = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let nonce: u64 = rand::random();
     data.with_file_name(format!(".{name}.{what}-{nonce:016x}"))
 }
@@ -181,16 +197,22 @@ impl Storage for FsStorage {
         if let Some(ct) = &options.content_type
             && !content_type_ok(ct)
         {
-            return Err(Error::invalid("put", "content type is empty, too long or not printable")
-                .with_key(key.as_str()));
+            return Err(
+                Error::invalid("put", "content type is empty, too long or not printable")
+                    .with_key(key.as_str()),
+            );
         }
         let data = self.data_path(key);
         let dir = data.parent().unwrap_or(&self.inner.root).to_path_buf();
-        tokio::fs::create_dir_all(&dir).await.map_err(op_err("put", key))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(op_err("put", key))?;
 
         let tmp = temp_path(&data, "tmp");
         let mut guard = TempGuard(Some(tmp.clone()));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(op_err("put", key))?;
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(op_err("put", key))?;
         let mut reader = PartReader::new(body);
         while let Some(chunk) = reader.next_chunk().await.map_err(op_err("put", key))? {
             file.write_all(&chunk).await.map_err(op_err("put", key))?;
@@ -201,20 +223,33 @@ impl Storage for FsStorage {
         let digest = reader.digest();
         let sha_hex = hex::encode(digest.sha256);
 
-        let sidecar = Sidecar { content_type: options.content_type, sha256: Some(sha_hex.clone()) };
+        let sidecar = Sidecar {
+            content_type: options.content_type,
+            sha256: Some(sha_hex.clone()),
+        };
         let meta_tmp = temp_path(&data, "metatmp");
         let mut meta_guard = TempGuard(Some(meta_tmp.clone()));
-        tokio::fs::write(&meta_tmp, sidecar.render()).await.map_err(op_err("put", key))?;
+        tokio::fs::write(&meta_tmp, sidecar.render())
+            .await
+            .map_err(op_err("put", key))?;
 
         {
             let _held = self.lock_for(key).lock().await;
-            tokio::fs::rename(&meta_tmp, sidecar_path(&data)).await.map_err(op_err("put", key))?;
+            tokio::fs::rename(&meta_tmp, sidecar_path(&data))
+                .await
+                .map_err(op_err("put", key))?;
             meta_guard.0 = None;
-            tokio::fs::rename(&tmp, &data).await.map_err(op_err("put", key))?;
+            tokio::fs::rename(&tmp, &data)
+                .await
+                .map_err(op_err("put", key))?;
             guard.0 = None;
         }
         sync_dir(&dir).await.map_err(op_err("put", key))?;
-        Ok(PutResult { size: digest.size, sha256: digest.sha256, etag: Some(format!("\"{sha_hex}\"")) })
+        Ok(PutResult {
+            size: digest.size,
+            sha256: digest.sha256,
+            etag: Some(format!("\"{sha_hex}\"")),
+        })
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<GetResult> {
@@ -238,16 +273,25 @@ impl Storage for FsStorage {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
                     "get",
-                    format!("range {}..{} is outside the object of {} bytes", r.start, r.end, meta.size),
+                    format!(
+                        "range {}..{} is outside the object of {} bytes",
+                        r.start, r.end, meta.size
+                    ),
                 )
                 .with_key(key.as_str()));
             }
         };
         if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start)).await.map_err(op_err("get", key))?;
+            file.seek(SeekFrom::Start(range.start))
+                .await
+                .map_err(op_err("get", key))?;
         }
         let body = ReaderStream::with_capacity(file.take(range.end - range.start), READ_CHUNK);
-        Ok(GetResult { meta, range, body: body.boxed() })
+        Ok(GetResult {
+            meta,
+            range,
+            body: body.boxed(),
+        })
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
@@ -306,14 +350,20 @@ fn walk(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
             if name.starts_with('.') {
                 continue; // temporary files and sidecars
             }
-            let key_str = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let key_str = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             let ft = entry.file_type()?;
             if ft.is_dir() {
                 if key_str.starts_with(prefix) || prefix.starts_with(&format!("{key_str}/")) {
                     stack.push((entry.path(), key_str));
                 }
             } else if ft.is_file() && key_str.starts_with(prefix) {
-                let Ok(key) = ObjectKey::new(key_str) else { continue };
+                let Ok(key) = ObjectKey::new(key_str) else {
+                    continue;
+                };
                 let md = entry.metadata()?;
                 out.push(ObjectMeta {
                     key,

@@ -66,8 +66,10 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// `data` as a body of `chunk`-sized pieces.
 pub fn body(data: Vec<u8>, chunk: usize) -> ByteStream {
     let data = Bytes::from(data);
-    let pieces: Vec<_> =
-        (0..data.len()).step_by(chunk.max(1)).map(|i| Ok(data.slice(i..(i + chunk).min(data.len())))).collect();
+    let pieces: Vec<_> = (0..data.len())
+        .step_by(chunk.max(1))
+        .map(|i| Ok(data.slice(i..(i + chunk).min(data.len()))))
+        .collect();
     Box::pin(stream::iter(pieces))
 }
 
@@ -75,7 +77,10 @@ pub fn body(data: Vec<u8>, chunk: usize) -> ByteStream {
 pub fn failing_body(data: Vec<u8>) -> ByteStream {
     Box::pin(stream::iter(vec![
         Ok(Bytes::from(data)),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "upstream went away")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "upstream went away",
+        )),
     ]))
 }
 
@@ -102,24 +107,40 @@ pub async fn put_get_roundtrip(store: &dyn Storage) {
     let k = key(&p, "pkg/-/pkg-1.0.0.tgz");
     let data = pattern(100_000, 1);
     let put = store
-        .put(&k, body(data.clone(), 7_000), PutOptions::with_content_type("application/octet-stream"))
+        .put(
+            &k,
+            body(data.clone(), 7_000),
+            PutOptions::with_content_type("application/octet-stream"),
+        )
         .await
         .unwrap();
     assert_eq!(put.size, data.len() as u64);
     let expected: [u8; 32] = Sha256::digest(&data).into();
-    assert_eq!(put.sha256, expected, "put must report the SHA-256 of the bytes");
+    assert_eq!(
+        put.sha256, expected,
+        "put must report the SHA-256 of the bytes"
+    );
 
     let got = store.get(&k, None).await.unwrap();
     assert_eq!(got.meta.size, data.len() as u64);
     assert_eq!(got.range, 0..data.len() as u64);
-    assert_eq!(got.meta.content_type.as_deref(), Some("application/octet-stream"));
+    assert_eq!(
+        got.meta.content_type.as_deref(),
+        Some("application/octet-stream")
+    );
     assert!(got.meta.etag.is_some(), "get reports an ETag");
-    assert!(got.meta.last_modified.is_some(), "get reports a last-modified time");
+    assert!(
+        got.meta.last_modified.is_some(),
+        "get reports a last-modified time"
+    );
     assert_eq!(read_all(got.body).await, data);
 
     let head = store.head(&k).await.unwrap();
     assert_eq!(head.size, data.len() as u64);
-    assert_eq!(head.content_type.as_deref(), Some("application/octet-stream"));
+    assert_eq!(
+        head.content_type.as_deref(),
+        Some("application/octet-stream")
+    );
     assert!(head.etag.is_some());
 }
 
@@ -127,42 +148,85 @@ pub async fn range_reads(store: &dyn Storage) {
     let p = unique_prefix();
     let k = key(&p, "r.bin");
     let data = pattern(10_000, 2);
-    store.put(&k, body(data.clone(), 1024), PutOptions::default()).await.unwrap();
+    store
+        .put(&k, body(data.clone(), 1024), PutOptions::default())
+        .await
+        .unwrap();
     for range in [0..1, 10..20, 9_000..10_000, 0..10_000, 9_999..10_000] {
         let got = store.get(&k, Some(range.clone())).await.unwrap();
         assert_eq!(got.range, range);
-        assert_eq!(got.meta.size, 10_000, "meta.size is the whole object for a range");
+        assert_eq!(
+            got.meta.size, 10_000,
+            "meta.size is the whole object for a range"
+        );
         let bytes = read_all(got.body).await;
-        assert_eq!(bytes, &data[range.start as usize..range.end as usize], "{range:?}");
+        assert_eq!(
+            bytes,
+            &data[range.start as usize..range.end as usize],
+            "{range:?}"
+        );
     }
     let err = store.get(&k, Some(10_000..10_001)).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidInput, "range past the end: {err}");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::InvalidInput,
+        "range past the end: {err}"
+    );
 }
 
 pub async fn missing_objects(store: &dyn Storage) {
     let p = unique_prefix();
     let k = key(&p, "absent");
-    assert_eq!(store.get(&k, None).await.unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(store.head(&k).await.unwrap_err().kind(), ErrorKind::NotFound);
-    store.delete(&k).await.expect("deleting an absent key is fine");
+    assert_eq!(
+        store.get(&k, None).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        store.head(&k).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    store
+        .delete(&k)
+        .await
+        .expect("deleting an absent key is fine");
 }
 
 pub async fn delete_removes(store: &dyn Storage) {
     let p = unique_prefix();
     let k = key(&p, "d.bin");
-    store.put(&k, body(b"bye".to_vec(), 2), PutOptions::default()).await.unwrap();
+    store
+        .put(&k, body(b"bye".to_vec(), 2), PutOptions::default())
+        .await
+        .unwrap();
     store.delete(&k).await.unwrap();
-    assert_eq!(store.head(&k).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        store.head(&k).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(store.list(&format!("{p}/")).await.unwrap().is_empty());
 }
 
 pub async fn list_by_prefix(store: &dyn Storage) {
     let p = unique_prefix();
-    for (name, len) in [("npm/a/-/a-1.tgz", 10), ("npm/b/-/b-1.tgz", 20), ("pypi/x/x.whl", 30)] {
-        store.put(&key(&p, name), body(pattern(len, 3), 4), PutOptions::default()).await.unwrap();
+    for (name, len) in [
+        ("npm/a/-/a-1.tgz", 10),
+        ("npm/b/-/b-1.tgz", 20),
+        ("pypi/x/x.whl", 30),
+    ] {
+        store
+            .put(
+                &key(&p, name),
+                body(pattern(len, 3), 4),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
     }
     let all = store.list(&format!("{p}/")).await.unwrap();
-    let mut got: Vec<_> = all.iter().map(|m| (m.key.as_str().to_owned(), m.size)).collect();
+    let mut got: Vec<_> = all
+        .iter()
+        .map(|m| (m.key.as_str().to_owned(), m.size))
+        .collect();
     got.sort();
     assert_eq!(
         got,
@@ -176,25 +240,46 @@ pub async fn list_by_prefix(store: &dyn Storage) {
     assert_eq!(npm.len(), 2);
     let partial = store.list(&format!("{p}/npm/a")).await.unwrap();
     assert_eq!(partial.len(), 1, "a prefix may end inside a segment");
-    assert_eq!(store.list("../").await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        store.list("../").await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
 }
 
 pub async fn failed_put_leaves_nothing(store: &dyn Storage) {
     let p = unique_prefix();
     let k = key(&p, "broken.tgz");
-    let err = store.put(&k, failing_body(pattern(50_000, 4)), PutOptions::default()).await;
+    let err = store
+        .put(&k, failing_body(pattern(50_000, 4)), PutOptions::default())
+        .await;
     assert!(err.is_err(), "a put whose body fails must fail");
-    assert_eq!(store.head(&k).await.unwrap_err().kind(), ErrorKind::NotFound);
-    assert!(store.list(&format!("{p}/")).await.unwrap().is_empty(), "nothing visible is left");
+    assert_eq!(
+        store.head(&k).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert!(
+        store.list(&format!("{p}/")).await.unwrap().is_empty(),
+        "nothing visible is left"
+    );
 }
 
 pub async fn failed_put_keeps_previous(store: &dyn Storage) {
     let p = unique_prefix();
     let k = key(&p, "kept.tgz");
     let good = pattern(3_000, 5);
-    store.put(&k, body(good.clone(), 1000), PutOptions::default()).await.unwrap();
-    let _ = store.put(&k, failing_body(pattern(9_000, 6)), PutOptions::default()).await.unwrap_err();
-    assert_eq!(get_all(store, &k).await, good, "a failed put must not disturb the old object");
+    store
+        .put(&k, body(good.clone(), 1000), PutOptions::default())
+        .await
+        .unwrap();
+    let _ = store
+        .put(&k, failing_body(pattern(9_000, 6)), PutOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        get_all(store, &k).await,
+        good,
+        "a failed put must not disturb the old object"
+    );
 }
 
 pub async fn dropped_put_leaves_nothing(store: &dyn Storage) {
@@ -202,8 +287,14 @@ pub async fn dropped_put_leaves_nothing(store: &dyn Storage) {
     let k = key(&p, "dropped.tgz");
     let put = store.put(&k, stalled_body(pattern(20_000, 7)), PutOptions::default());
     let outcome = tokio::time::timeout(Duration::from_millis(500), put).await;
-    assert!(outcome.is_err(), "a put whose body never ends cannot complete");
-    assert_eq!(store.head(&k).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(
+        outcome.is_err(),
+        "a put whose body never ends cannot complete"
+    );
+    assert_eq!(
+        store.head(&k).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(store.list(&format!("{p}/")).await.unwrap().is_empty());
 }
 
@@ -212,25 +303,38 @@ pub async fn large_object(store: &dyn Storage) {
     let p = unique_prefix();
     let k = key(&p, "large.bin");
     let data = pattern(21 * 1024 * 1024 + 123, 8);
-    let put = store.put(&k, body(data.clone(), 64 * 1024), PutOptions::default()).await.unwrap();
+    let put = store
+        .put(&k, body(data.clone(), 64 * 1024), PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(put.size, data.len() as u64);
     let got = get_all(store, &k).await;
     assert_eq!(got.len(), data.len());
     assert!(got == data, "large object comes back byte for byte");
-    let tail = store.get(&k, Some(20 * 1024 * 1024..data.len() as u64)).await.unwrap();
+    let tail = store
+        .get(&k, Some(20 * 1024 * 1024..data.len() as u64))
+        .await
+        .unwrap();
     assert_eq!(read_all(tail.body).await, &data[20 * 1024 * 1024..]);
 }
 
 pub async fn concurrent_puts_one_key(store: &dyn Storage) {
     let p = unique_prefix();
     let k = key(&p, "race.tgz");
-    let bodies: Vec<Vec<u8>> = (0..6).map(|i| pattern(200_000 + i * 10, 10 + i as u8)).collect();
-    let puts = bodies.iter().map(|b| store.put(&k, body(b.clone(), 8192), PutOptions::default()));
+    let bodies: Vec<Vec<u8>> = (0..6)
+        .map(|i| pattern(200_000 + i * 10, 10 + i as u8))
+        .collect();
+    let puts = bodies
+        .iter()
+        .map(|b| store.put(&k, body(b.clone(), 8192), PutOptions::default()));
     for result in futures::future::join_all(puts).await {
         result.unwrap();
     }
     let got = get_all(store, &k).await;
-    assert!(bodies.contains(&got), "the object is one complete body of one of the puts");
+    assert!(
+        bodies.contains(&got),
+        "the object is one complete body of one of the puts"
+    );
     let head = store.head(&k).await.unwrap();
     assert_eq!(head.size, got.len() as u64);
 }
@@ -238,7 +342,10 @@ pub async fn concurrent_puts_one_key(store: &dyn Storage) {
 pub async fn empty_object(store: &dyn Storage) {
     let p = unique_prefix();
     let k = key(&p, "empty");
-    let put = store.put(&k, body(Vec::new(), 1), PutOptions::default()).await.unwrap();
+    let put = store
+        .put(&k, body(Vec::new(), 1), PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(put.size, 0);
     assert_eq!(store.head(&k).await.unwrap().size, 0);
     assert!(get_all(store, &k).await.is_empty());
@@ -246,17 +353,31 @@ pub async fn empty_object(store: &dyn Storage) {
 
 pub async fn invalid_keys_refused(store: &dyn Storage) {
     for bad in ["../x", "/abs", "a\\b", "a%2e%2e"] {
-        assert_eq!(ObjectKey::new(bad).unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            ObjectKey::new(bad).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
     }
-    assert_eq!(store.list("/").await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        store.list("/").await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
 }
 
 /// GET `url` with a plain HTTP client: status, content type, content disposition, body.
 pub async fn fetch(url: &str) -> (u16, Option<String>, Option<String>, Vec<u8>) {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let resp = client.get(url).send().await.unwrap();
     let status = resp.status().as_u16();
-    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let (ct, cd) = (header("content-type"), header("content-disposition"));
     (status, ct, cd, resp.bytes().await.unwrap().to_vec())
 }
@@ -280,7 +401,14 @@ pub async fn presign_matches_support(store: &dyn Storage) {
     let p = unique_prefix();
     let k = key(&p, "pkg-1.0.0.tgz");
     let data = pattern(5_000, 20);
-    store.put(&k, body(data.clone(), 999), PutOptions::with_content_type("application/x-tar")).await.unwrap();
+    store
+        .put(
+            &k,
+            body(data.clone(), 999),
+            PutOptions::with_content_type("application/x-tar"),
+        )
+        .await
+        .unwrap();
     let overrides = ResponseOverrides::new(
         Some("application/octet-stream".into()),
         Some("attachment; filename=\"pkg-1.0.0.tgz\"".into()),
@@ -298,17 +426,37 @@ pub async fn presign_matches_support(store: &dyn Storage) {
             let (status, ct, cd, bytes) = fetch(url.as_str()).await;
             assert_eq!(status, 200, "presigned GET of {}", url.redacted());
             assert!(bytes == data, "presigned GET returns the object");
-            assert_eq!(ct.as_deref(), Some("application/octet-stream"), "content-type override");
-            assert_eq!(cd.as_deref(), Some("attachment; filename=\"pkg-1.0.0.tgz\""));
-            assert!(!url.redacted().contains(&url.as_str()[url.as_str().len() - 8..]));
+            assert_eq!(
+                ct.as_deref(),
+                Some("application/octet-stream"),
+                "content-type override"
+            );
+            assert_eq!(
+                cd.as_deref(),
+                Some("attachment; filename=\"pkg-1.0.0.tgz\"")
+            );
+            assert!(
+                !url.redacted()
+                    .contains(&url.as_str()[url.as_str().len() - 8..])
+            );
 
             let (status, ..) = fetch(&tamper_signature(url.as_str())).await;
-            assert_eq!(status, 403, "a tampered signature must be refused by storage");
+            assert_eq!(
+                status, 403,
+                "a tampered signature must be refused by storage"
+            );
 
-            let plain = store.presign_get(&k, ttl, &ResponseOverrides::default()).await.unwrap();
+            let plain = store
+                .presign_get(&k, ttl, &ResponseOverrides::default())
+                .await
+                .unwrap();
             let (status, ct, _, _) = fetch(plain.as_str()).await;
             assert_eq!(status, 200);
-            assert_eq!(ct.as_deref(), Some("application/x-tar"), "stored content type");
+            assert_eq!(
+                ct.as_deref(),
+                Some("application/x-tar"),
+                "stored content type"
+            );
         }
     }
 }
@@ -319,20 +467,34 @@ pub async fn presign_expired_refused(store: &dyn Storage) {
     }
     let p = unique_prefix();
     let k = key(&p, "short.tgz");
-    store.put(&k, body(b"short-lived".to_vec(), 4), PutOptions::default()).await.unwrap();
-    let url = store.presign_get(&k, Duration::from_secs(1), &ResponseOverrides::default()).await.unwrap();
+    store
+        .put(&k, body(b"short-lived".to_vec(), 4), PutOptions::default())
+        .await
+        .unwrap();
+    let url = store
+        .presign_get(&k, Duration::from_secs(1), &ResponseOverrides::default())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let (status, ..) = fetch(url.as_str()).await;
     assert_eq!(status, 403, "an expired URL must be refused by storage");
 }
 
 pub async fn presign_ttl_validated(store: &dyn Storage) {
-    let PresignSupport::Supported { max_ttl } = store.presign_support() else { return };
+    let PresignSupport::Supported { max_ttl } = store.presign_support() else {
+        return;
+    };
     let p = unique_prefix();
     let k = key(&p, "ttl.tgz");
     let none = ResponseOverrides::default();
-    let err = store.presign_get(&k, Duration::from_millis(500), &none).await.unwrap_err();
+    let err = store
+        .presign_get(&k, Duration::from_millis(500), &none)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    let err = store.presign_get(&k, max_ttl + Duration::from_secs(1), &none).await.unwrap_err();
+    let err = store
+        .presign_get(&k, max_ttl + Duration::from_secs(1), &none)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 }

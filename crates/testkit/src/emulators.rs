@@ -41,7 +41,9 @@ impl Process {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}. {SETUP_HINT}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}. {SETUP_HINT}"));
         Self { child, log, name }
     }
 
@@ -50,12 +52,19 @@ impl Process {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                panic!("{} exited at start ({status}); its output:\n{log}", self.name);
+                panic!(
+                    "{} exited at start ({status}); its output:\n{log}",
+                    self.name
+                );
             }
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} did not listen on port {port} in time", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on port {port} in time",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -106,7 +115,12 @@ impl S3sFs {
         let port = free_port();
         let mut cmd = Command::new(bin);
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY]);
+            .args([
+                "--access-key",
+                Self::ACCESS_KEY,
+                "--secret-key",
+                Self::SECRET_KEY,
+            ]);
         if let Some(domain) = domain {
             cmd.args(["--domain", domain]);
         }
@@ -168,13 +182,20 @@ impl Azurite {
         let port = free_port();
         let mut cmd = Command::new(bin);
         cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry"])
+            .args([
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+            ])
             .args(["--disableProductStyleUrl", "--loose"])
-            .arg("--location")
-            .arg(dir.path());
+            .current_dir(dir.path()); // anything it writes lands in the temp dir
         let mut process = Process::spawn("azurite-blob", cmd, dir.path().join("azurite.log"));
         process.wait_for_port(port);
-        Self { _process: process, _dir: dir, port }
+        Self {
+            _process: process,
+            _dir: dir,
+            port,
+        }
     }
 
     /// `127.0.0.1:PORT`, the `domain` of an `azblob://` URL.
@@ -202,4 +223,3 @@ impl Azurite {
         )
     }
 }
-

@@ -1,0 +1,23 @@
+//! The shared storage conformance suite against Azurite, which validates SAS signatures.
+
+mod common;
+
+use std::sync::Arc;
+
+use proxyd_storage_azure::AzureStorage;
+use proxyd_testkit::conformance::Fixture;
+use proxyd_testkit::emulators::Azurite;
+
+async fn setup() -> Fixture {
+    let emulator = Azurite::start();
+    common::create_container(&emulator, "conformance").await;
+    let store = AzureStorage::connect(common::key_config(&emulator, "conformance"))
+        .await
+        .unwrap();
+    Fixture {
+        store: Arc::new(store),
+        guard: Box::new(emulator),
+    }
+}
+
+proxyd_testkit::conformance_tests!(setup);

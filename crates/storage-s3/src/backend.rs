@@ -1,0 +1,410 @@
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::primitives::ByteStream as SdkBody;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use futures::StreamExt;
+use proxyd_storage_core::{
+    ByteStream, Error, ErrorKind, GetResult, ObjectKey, ObjectMeta, PartReader, PutOptions,
+    PutResult, Result, Storage,
+};
+use tokio_util::io::ReaderStream;
+
+use crate::config::S3Config;
+use crate::errors::map_sdk_error;
+use crate::signer::PresignState;
+
+/// Read buffer for streamed gets.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A storage backend on an S3 bucket (AWS or any S3-compatible service).
+#[derive(Clone)]
+pub struct S3Storage {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) bucket: String,
+    pub(crate) part_size: usize,
+    pub(crate) presign: PresignState,
+    pub(crate) description: String,
+}
+
+impl std::fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.inner.description)
+    }
+}
+
+impl S3Storage {
+    /// Build clients from `config` and check that the bucket exists and the credentials are
+    /// accepted; the error says which when not.
+    pub async fn connect(config: S3Config) -> Result<Self> {
+        config.check()?;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
+            .or_default_provider()
+            .or_else(Region::from_static("us-east-1"));
+        loader = loader.region(region);
+        if let Some(creds) = &config.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                creds.access_key_id.clone(),
+                creds.secret_access_key.clone(),
+                creds.session_token.clone(),
+                creds.expires_at,
+                "proxyd-static",
+            ));
+        }
+        let sdk = loader.load().await;
+        // S3-compatible stores differ in their support of the newer default checksums; ask for
+        // them only where the API requires them.
+        let builder = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(config.force_path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        let builder = match &config.endpoint {
+            Some(endpoint) => builder.endpoint_url(endpoint),
+            None => builder,
+        };
+        let client = Client::from_conf(builder.clone().build());
+        let presign_client = match &config.public_base_url {
+            Some(public) => Client::from_conf(builder.endpoint_url(public).build()),
+            None => client.clone(),
+        };
+        let presign = PresignState::new(presign_client, sdk.credentials_provider());
+        let description = format!(
+            "S3Storage {{ bucket: {:?}, endpoint: {:?}, path_style: {}, public_base_url: {:?} }}",
+            config.bucket, config.endpoint, config.force_path_style, config.public_base_url
+        );
+        let storage = Self {
+            inner: Arc::new(Inner {
+                client,
+                bucket: config.bucket.clone(),
+                part_size: config.part_size,
+                presign,
+                description,
+            }),
+        };
+        storage.check_bucket().await?;
+        Ok(storage)
+    }
+
+    async fn check_bucket(&self) -> Result<()> {
+        let bucket = &self.inner.bucket;
+        match self.inner.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let err = map_sdk_error("open", None, err);
+                let message = match err.kind() {
+                    ErrorKind::NotFound => format!("S3 bucket {bucket:?} does not exist"),
+                    ErrorKind::PermissionDenied => {
+                        format!("S3 refused the credentials for bucket {bucket:?}")
+                    }
+                    _ => format!("S3 bucket {bucket:?} could not be checked"),
+                };
+                Err(Error::new(err.kind(), "open", message).with_source(err))
+            }
+        }
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.inner.bucket
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &ObjectKey,
+        reader: &mut PartReader,
+        first: bytes::Bytes,
+        content_type: Option<String>,
+    ) -> Result<Option<String>> {
+        let inner = &self.inner;
+        let created = inner
+            .client
+            .create_multipart_upload()
+            .bucket(&inner.bucket)
+            .key(key.as_str())
+            .set_content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error("put", Some(key.as_str()), e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let mut guard = AbortGuard {
+            client: inner.client.clone(),
+            bucket: inner.bucket.clone(),
+            key: key.as_str().to_owned(),
+            upload_id: Some(upload_id.clone()),
+        };
+        let mut parts = Vec::new();
+        let mut next = Some(first);
+        let mut number = 1;
+        while let Some(part) = next.take() {
+            let out = inner
+                .client
+                .upload_part()
+                .bucket(&inner.bucket)
+                .key(key.as_str())
+                .upload_id(&upload_id)
+                .part_number(number)
+                .content_length(part.len() as i64)
+                .body(SdkBody::from(part))
+                .send()
+                .await
+                .map_err(|e| map_sdk_error("put", Some(key.as_str()), e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .set_e_tag(out.e_tag)
+                    .part_number(number)
+                    .build(),
+            );
+            number += 1;
+            next = reader
+                .next_part(inner.part_size)
+                .await
+                .map_err(|e| body_error(key, &e))?;
+        }
+        // The body ended cleanly: only now does the object become visible.
+        let done = inner
+            .client
+            .complete_multipart_upload()
+            .bucket(&inner.bucket)
+            .key(key.as_str())
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| map_sdk_error("put", Some(key.as_str()), e))?;
+        guard.upload_id = None;
+        Ok(done.e_tag)
+    }
+}
+
+fn body_error(key: &ObjectKey, err: &std::io::Error) -> Error {
+    Error::new(ErrorKind::Temporary, "put", format!("body failed: {err}")).with_key(key.as_str())
+}
+
+/// Aborts an unfinished multipart upload when a put fails or is dropped, so no parts linger.
+struct AbortGuard {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: Option<String>,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        let Some(upload_id) = self.upload_id.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let request = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id);
+        runtime.spawn(async move {
+            if let Err(err) = request.send().await {
+                tracing::warn!(error = %err, "could not abort an unfinished multipart upload");
+            }
+        });
+    }
+}
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+/// `bytes a-b/total` → total.
+fn total_from_content_range(value: &str) -> Option<u64> {
+    value.rsplit('/').next()?.parse().ok()
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    async fn put(
+        &self,
+        key: &ObjectKey,
+        body: ByteStream,
+        options: PutOptions,
+    ) -> Result<PutResult> {
+        let inner = &self.inner;
+        let mut reader = PartReader::new(body);
+        let first = reader
+            .next_part(inner.part_size)
+            .await
+            .map_err(|e| body_error(key, &e))?
+            .unwrap_or_default();
+        let etag = if reader.at_end().await.map_err(|e| body_error(key, &e))? {
+            // The whole body fits one part and has been read without error: one atomic put.
+            inner
+                .client
+                .put_object()
+                .bucket(&inner.bucket)
+                .key(key.as_str())
+                .set_content_type(options.content_type)
+                .content_length(first.len() as i64)
+                .body(SdkBody::from(first))
+                .send()
+                .await
+                .map_err(|e| map_sdk_error("put", Some(key.as_str()), e))?
+                .e_tag
+        } else {
+            self.put_multipart(key, &mut reader, first, options.content_type)
+                .await?
+        };
+        let digest = reader.digest();
+        Ok(PutResult {
+            size: digest.size,
+            sha256: digest.sha256,
+            etag,
+        })
+    }
+
+    async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<GetResult> {
+        let inner = &self.inner;
+        let mut request = inner
+            .client
+            .get_object()
+            .bucket(&inner.bucket)
+            .key(key.as_str());
+        if let Some(r) = &range {
+            if r.start >= r.end {
+                return Err(Error::invalid("get", "empty byte range").with_key(key.as_str()));
+            }
+            request = request.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| map_sdk_error("get", Some(key.as_str()), e))?;
+        let length = out.content_length().unwrap_or_default().max(0) as u64;
+        let size = match (&range, out.content_range()) {
+            (Some(_), Some(cr)) => total_from_content_range(cr).unwrap_or(length),
+            _ => length,
+        };
+        let range = match range {
+            // S3 shortens a range that runs past the end; the trait refuses it instead.
+            Some(r) if r.end > size => {
+                return Err(Error::invalid(
+                    "get",
+                    format!(
+                        "range {}..{} is outside the object of {size} bytes",
+                        r.start, r.end
+                    ),
+                )
+                .with_key(key.as_str()));
+            }
+            Some(r) => r,
+            None => 0..size,
+        };
+        let meta = ObjectMeta {
+            key: key.clone(),
+            size,
+            content_type: out.content_type().map(str::to_owned),
+            etag: out.e_tag().map(str::to_owned),
+            last_modified: to_system_time(out.last_modified()),
+        };
+        let body = ReaderStream::with_capacity(out.body.into_async_read(), READ_CHUNK);
+        Ok(GetResult {
+            meta,
+            range,
+            body: body.boxed(),
+        })
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
+        let inner = &self.inner;
+        let out = inner
+            .client
+            .head_object()
+            .bucket(&inner.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|e| map_sdk_error("head", Some(key.as_str()), e))?;
+        Ok(ObjectMeta {
+            key: key.clone(),
+            size: out.content_length().unwrap_or_default().max(0) as u64,
+            content_type: out.content_type().map(str::to_owned),
+            etag: out.e_tag().map(str::to_owned),
+            last_modified: to_system_time(out.last_modified()),
+        })
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        let inner = &self.inner;
+        match inner
+            .client
+            .delete_object()
+            .bucket(&inner.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let err = map_sdk_error("delete", Some(key.as_str()), err);
+                if err.is_not_found() { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        ObjectKey::validate_prefix(prefix)?;
+        let inner = &self.inner;
+        let mut pages = inner
+            .client
+            .list_objects_v2()
+            .bucket(&inner.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_sdk_error("list", None, e))?;
+            for object in page.contents() {
+                // Objects proxyd did not write may not be valid keys; they are not ours.
+                let Some(Ok(key)) = object.key().map(ObjectKey::new) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key,
+                    size: object.size().unwrap_or_default().max(0) as u64,
+                    content_type: None,
+                    etag: object.e_tag().map(str::to_owned),
+                    last_modified: to_system_time(object.last_modified()),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_total() {
+        assert_eq!(total_from_content_range("bytes 0-9/100"), Some(100));
+        assert_eq!(total_from_content_range("bytes */100"), Some(100));
+        assert_eq!(total_from_content_range("garbage"), None);
+    }
+}
