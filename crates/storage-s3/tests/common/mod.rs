@@ -4,7 +4,7 @@ use proxyd_storage_s3::{S3Config, StaticCredentials};
 use proxyd_testkit::emulators::S3sFs;
 
 /// A path-style configuration for `bucket` on `server` with its fixed credentials.
-pub fn test_config(server: &S3sFs, bucket: &str) -> S3Config {
+pub(crate) fn test_config(server: &S3sFs, bucket: &str) -> S3Config {
     let url = format!(
         "s3://{bucket}?region={}&endpoint={}&s3ForcePathStyle=true",
         S3sFs::REGION,
