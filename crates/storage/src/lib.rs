@@ -48,7 +48,9 @@ pub async fn open(
             if let Some(base) = &options.public_base_url {
                 config = config.with_public_base_url(base)?;
             }
-            Ok(Arc::new(proxyd_storage_s3::S3Storage::connect(config).await?))
+            Ok(Arc::new(
+                proxyd_storage_s3::S3Storage::connect(config).await?,
+            ))
         }
         #[cfg(feature = "azure")]
         "azure" => {
@@ -56,7 +58,9 @@ pub async fn open(
             if let Some(base) = &options.public_base_url {
                 config = config.with_public_base_url(base)?;
             }
-            Ok(Arc::new(proxyd_storage_azure::AzureStorage::connect(config).await?))
+            Ok(Arc::new(
+                proxyd_storage_azure::AzureStorage::connect(config).await?,
+            ))
         }
         "unknown" => Err(Error::invalid(
             "open",
@@ -77,9 +81,13 @@ mod tests {
     async fn opens_a_directory_and_refuses_unknown_schemes() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/artifacts", dir.path().display());
-        let store = open(&url, &StorageOptions::default(), &|_| None).await.unwrap();
+        let store = open(&url, &StorageOptions::default(), &|_| None)
+            .await
+            .unwrap();
         assert!(!store.presign_support().is_supported());
-        let err = open("gs://bucket", &StorageOptions::default(), &|_| None).await.unwrap_err();
+        let err = open("gs://bucket", &StorageOptions::default(), &|_| None)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert!(err.to_string().contains("file://, s3:// or azblob://"));
     }
