@@ -1,0 +1,748 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use proxyd_storage_core::{ByteStream, ObjectKey, PutOptions, Storage};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::entry::{ArtifactEntry, ArtifactSpec, Document, from_unix_secs, unix_secs};
+use crate::metric_names as m;
+use crate::{CacheError, FetchFailure, Index, IndexRecord};
+
+/// Chunks buffered between the upstream reader and each consumer (storage, the client).
+const CHANNEL_DEPTH: usize = 16;
+
+/// Tunables of the cache.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Evict least recently used artifacts above this many bytes.
+    pub max_size: Option<u64>,
+    /// How long a request waits for another request's fetch of the same artifact.
+    pub fetch_wait: Duration,
+    /// How often hit counts and access times are written to the index.
+    pub flush_interval: Duration,
+    /// How often storage is listed to drop index entries whose objects vanished.
+    pub verify_interval: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            max_size: None,
+            fetch_wait: Duration::from_secs(300),
+            flush_interval: Duration::from_secs(10),
+            verify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// An upstream response body about to be cached.
+pub struct UpstreamBody {
+    /// `Content-Length` upstream announced, checked against what arrives.
+    pub content_length: Option<u64>,
+    /// The bytes.
+    pub body: ByteStream,
+}
+
+/// What [`Cache::fetch`] gives a request.
+pub enum Fetched {
+    /// This request started the fetch: the bytes as they arrive. The stream fails (rather than
+    /// ending early) if the download is short, broken or does not match its digest.
+    Streaming {
+        /// Size, when upstream announced it.
+        content_length: Option<u64>,
+        /// Content type that will be stored.
+        content_type: String,
+        /// The bytes.
+        body: ByteStream,
+    },
+    /// Another request fetched it; it is now cached.
+    Cached(Arc<ArtifactEntry>),
+}
+
+impl std::fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Streaming {
+                content_length,
+                content_type,
+                ..
+            } => f
+                .debug_struct("Streaming")
+                .field("content_length", content_length)
+                .field("content_type", content_type)
+                .finish_non_exhaustive(),
+            Self::Cached(entry) => f.debug_tuple("Cached").field(&entry.key).finish(),
+        }
+    }
+}
+
+/// Per-ecosystem counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EcosystemStats {
+    /// Cached artifacts.
+    pub cached_artifacts: u64,
+    /// Bytes of cached artifacts.
+    pub bytes: u64,
+    /// Hits since start.
+    pub hits: u64,
+    /// Misses since start.
+    pub misses: u64,
+}
+
+/// Totals and per-ecosystem counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Cached artifacts.
+    pub cached_artifacts: u64,
+    /// Bytes of cached artifacts.
+    pub bytes: u64,
+    /// Hits since start.
+    pub hits: u64,
+    /// Misses since start.
+    pub misses: u64,
+    /// Bytes evicted since start.
+    pub evicted_bytes: u64,
+    /// Per ecosystem.
+    pub ecosystems: HashMap<String, EcosystemStats>,
+}
+
+type FlightResult = Option<Result<Arc<ArtifactEntry>, FetchFailure>>;
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// The cache: index in memory, accounting, single-flight fetches and eviction.
+pub struct Cache {
+    storage: Arc<dyn Storage>,
+    index: Arc<dyn Index>,
+    settings: CacheSettings,
+    entries: RwLock<HashMap<ObjectKey, Arc<ArtifactEntry>>>,
+    flights: Mutex<HashMap<ObjectKey, watch::Receiver<FlightResult>>>,
+    dirty: Mutex<Vec<Arc<ArtifactEntry>>>,
+    counters: RwLock<HashMap<String, Arc<Counters>>>,
+    total_bytes: AtomicU64,
+    evicted_bytes: AtomicU64,
+    evicting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("storage", &self.storage)
+            .field("index", &self.index)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn record_to_entry(r: IndexRecord) -> Option<ArtifactEntry> {
+    let key = ObjectKey::new(r.key).ok()?;
+    let sha: [u8; 32] = hex::decode(&r.sha256).ok()?.try_into().ok()?;
+    Some(ArtifactEntry {
+        key,
+        ecosystem: r.ecosystem,
+        name: r.name,
+        version: r.version,
+        filename: r.filename,
+        size: r.size,
+        sha256: sha,
+        content_type: r.content_type,
+        upstream_url: r.upstream_url,
+        fetched_at: from_unix_secs(r.fetched_at),
+        hits: AtomicU64::new(r.hit_count),
+        pending_hits: AtomicU64::new(0),
+        last_access: AtomicU64::new(r.last_access),
+        dirty: AtomicBool::new(false),
+    })
+}
+
+fn entry_to_record(e: &ArtifactEntry) -> IndexRecord {
+    IndexRecord {
+        key: e.key.as_str().to_owned(),
+        ecosystem: e.ecosystem.clone(),
+        name: e.name.clone(),
+        version: e.version.clone(),
+        filename: e.filename.clone(),
+        size: e.size,
+        sha256: hex::encode(e.sha256),
+        content_type: e.content_type.clone(),
+        upstream_url: e.upstream_url.clone(),
+        fetched_at: unix_secs(e.fetched_at),
+        hit_count: e.hits.load(Ordering::Relaxed),
+        last_access: e.last_access.load(Ordering::Relaxed),
+    }
+}
+
+impl Cache {
+    /// Load the index into memory and start accounting.
+    pub async fn open(
+        storage: Arc<dyn Storage>,
+        index: Arc<dyn Index>,
+        settings: CacheSettings,
+    ) -> Result<Arc<Self>, CacheError> {
+        let records = index.load_all().await?;
+        let mut entries = HashMap::with_capacity(records.len());
+        let mut total = 0;
+        for record in records {
+            if let Some(entry) = record_to_entry(record) {
+                total += entry.size;
+                entries.insert(entry.key.clone(), Arc::new(entry));
+            }
+        }
+        let cache = Arc::new(Self {
+            storage,
+            index,
+            settings,
+            entries: RwLock::new(entries),
+            flights: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(Vec::new()),
+            counters: RwLock::new(HashMap::new()),
+            total_bytes: AtomicU64::new(total),
+            evicted_bytes: AtomicU64::new(0),
+            evicting: tokio::sync::Mutex::new(()),
+        });
+        cache.publish_gauges();
+        Ok(cache)
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The cached artifact under `key`, if any: a memory lookup.
+    pub fn lookup(&self, key: &ObjectKey) -> Option<Arc<ArtifactEntry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn counters(&self, ecosystem: &str) -> Arc<Counters> {
+        if let Some(c) = self
+            .counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ecosystem)
+        {
+            return c.clone();
+        }
+        let mut map = self.counters.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(ecosystem.to_owned()).or_default().clone()
+    }
+
+    /// Count a hit: the one place hits are recorded, whether the artifact is then redirected
+    /// to or streamed. No database write happens here.
+    pub fn record_hit(&self, entry: &Arc<ArtifactEntry>) {
+        entry.hits.fetch_add(1, Ordering::Relaxed);
+        entry.pending_hits.fetch_add(1, Ordering::Relaxed);
+        entry
+            .last_access
+            .store(unix_secs(SystemTime::now()), Ordering::Relaxed);
+        if !entry.dirty.swap(true, Ordering::AcqRel) {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(entry.clone());
+        }
+        self.counters(&entry.ecosystem)
+            .hits
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::CACHE_HITS_TOTAL, "ecosystem" => entry.ecosystem.clone()).increment(1);
+    }
+
+    fn record_miss(&self, ecosystem: &'static str) {
+        self.counters(ecosystem)
+            .misses
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::CACHE_MISSES_TOTAL, "ecosystem" => ecosystem).increment(1);
+    }
+
+    /// Write pending hit counts and access times to the index.
+    pub async fn flush(&self) -> Result<(), CacheError> {
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let batch = dirty
+            .iter()
+            .map(|e| {
+                e.dirty.store(false, Ordering::Release);
+                let hits = e.pending_hits.swap(0, Ordering::AcqRel);
+                (
+                    e.key.as_str().to_owned(),
+                    hits,
+                    e.last_access.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        self.index.record_access(batch).await
+    }
+
+    /// Drop the entry for `key` (its object is gone); the next request fetches it again.
+    pub async fn forget(&self, key: &ObjectKey) {
+        let removed = self
+            .entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if let Some(entry) = removed {
+            self.total_bytes.fetch_sub(entry.size, Ordering::Relaxed);
+            tracing::warn!(key = %key, "cached object is missing from storage; it will be fetched again");
+            if let Err(err) = self.index.remove(vec![key.as_str().to_owned()]).await {
+                tracing::error!(error = %err, "could not remove an index entry");
+            }
+            self.publish_gauges();
+        }
+    }
+
+    /// List storage and drop every index entry whose object is gone.
+    pub async fn verify_storage(&self) -> Result<usize, CacheError> {
+        let present: std::collections::HashSet<ObjectKey> = self
+            .storage
+            .list("")
+            .await?
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        let missing: Vec<ObjectKey> = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        // An entry committed after the listing started is not missing; check each one.
+        let mut dropped = 0;
+        for key in missing {
+            if self
+                .storage
+                .head(&key)
+                .await
+                .is_err_and(|e| e.is_not_found())
+            {
+                self.forget(&key).await;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Run flushing and verification in the background until `shutdown` fires; flush once
+    /// more at the end.
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let mut flush = tokio::time::interval(cache.settings.flush_interval);
+            let mut verify = tokio::time::interval(cache.settings.verify_interval);
+            verify.tick().await; // not at start-up
+            loop {
+                tokio::select! {
+                    _ = flush.tick() => {
+                        if let Err(err) = cache.flush().await {
+                            tracing::error!(error = %err, "could not write hit counts to the index");
+                        }
+                    }
+                    _ = verify.tick() => match cache.verify_storage().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(dropped = n, "dropped index entries whose objects vanished"),
+                        Err(err) => tracing::error!(error = %err, "could not verify storage"),
+                    },
+                    _ = shutdown.changed() => break,
+                }
+            }
+            if let Err(err) = cache.flush().await {
+                tracing::error!(error = %err, "could not write hit counts to the index at shutdown");
+            }
+        })
+    }
+
+    /// Totals and per-ecosystem counters.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        for entry in self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            let eco = stats.ecosystems.entry(entry.ecosystem.clone()).or_default();
+            eco.cached_artifacts += 1;
+            eco.bytes += entry.size;
+            stats.cached_artifacts += 1;
+            stats.bytes += entry.size;
+        }
+        for (name, c) in self
+            .counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let eco = stats.ecosystems.entry(name.clone()).or_default();
+            eco.hits = c.hits.load(Ordering::Relaxed);
+            eco.misses = c.misses.load(Ordering::Relaxed);
+            stats.hits += eco.hits;
+            stats.misses += eco.misses;
+        }
+        stats.evicted_bytes = self.evicted_bytes.load(Ordering::Relaxed);
+        stats
+    }
+
+    fn publish_gauges(&self) {
+        let count = self.entries.read().unwrap_or_else(|p| p.into_inner()).len();
+        metrics::gauge!(m::CACHED_ARTIFACTS).set(count as f64);
+        metrics::gauge!(m::CACHE_SIZE_BYTES).set(self.total_bytes.load(Ordering::Relaxed) as f64);
+    }
+
+    /// A stored upstream metadata document.
+    pub async fn document(&self, key: &str) -> Result<Option<Document>, CacheError> {
+        self.index.document(key.to_owned()).await
+    }
+
+    /// Store an upstream metadata document.
+    pub async fn put_document(&self, key: &str, document: Document) -> Result<(), CacheError> {
+        self.index.put_document(key.to_owned(), document).await
+    }
+
+    /// Get an uncached artifact into the cache. One call per key starts `source` (the upstream
+    /// request) and streams; concurrent calls for the same key wait for it to commit.
+    pub async fn fetch<F>(
+        self: &Arc<Self>,
+        spec: ArtifactSpec,
+        source: F,
+    ) -> Result<Fetched, CacheError>
+    where
+        F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send,
+    {
+        let joined = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(rx) = flights.get(&spec.key) {
+                Err(rx.clone())
+            } else if let Some(entry) = self.lookup(&spec.key) {
+                // Committed between the caller's lookup and now.
+                return Ok(Fetched::Cached(entry));
+            } else {
+                let (tx, rx) = watch::channel(None);
+                flights.insert(spec.key.clone(), rx);
+                Ok(tx)
+            }
+        };
+        let done = match joined {
+            Err(rx) => return self.wait_for(spec.ecosystem, rx).await,
+            Ok(tx) => FlightGuard {
+                cache: self.clone(),
+                key: spec.key.clone(),
+                tx: Some(tx),
+            },
+        };
+        self.record_miss(spec.ecosystem);
+        metrics::counter!(m::UPSTREAM_REQUESTS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
+            .increment(1);
+        let upstream = match source.await {
+            Ok(upstream) => upstream,
+            Err(failure) => {
+                if failure.status != 404 {
+                    metrics::counter!(m::UPSTREAM_ERRORS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
+                        .increment(1);
+                }
+                done.finish(Err(failure.clone()));
+                return Err(failure.into());
+            }
+        };
+        let content_length = upstream.content_length;
+        let content_type = spec.content_type.clone();
+        let (client_tx, client_rx) = mpsc::channel(CHANNEL_DEPTH);
+        let cache = self.clone();
+        tokio::spawn(async move { cache.ingest(spec, upstream, client_tx, done).await });
+        Ok(Fetched::Streaming {
+            content_length,
+            content_type,
+            body: ReceiverStream::new(client_rx).boxed(),
+        })
+    }
+
+    async fn wait_for(
+        &self,
+        ecosystem: &'static str,
+        mut rx: watch::Receiver<FlightResult>,
+    ) -> Result<Fetched, CacheError> {
+        metrics::counter!(m::COALESCED_FETCHES_TOTAL, "ecosystem" => ecosystem).increment(1);
+        let waited =
+            tokio::time::timeout(self.settings.fetch_wait, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(result)) => match result.clone() {
+                Some(Ok(entry)) => Ok(Fetched::Cached(entry)),
+                Some(Err(failure)) => Err(failure.into()),
+                None => {
+                    Err(FetchFailure::new(502, "the upstream fetch ended without a result").into())
+                }
+            },
+            Ok(Err(_)) => Err(FetchFailure::new(502, "the upstream fetch was abandoned").into()),
+            Err(_) => {
+                Err(FetchFailure::new(504, "timed out waiting for the upstream fetch").into())
+            }
+        }
+    }
+
+    /// Read upstream, write storage, feed the client, verify, commit.
+    async fn ingest(
+        self: Arc<Self>,
+        spec: ArtifactSpec,
+        mut upstream: UpstreamBody,
+        client: mpsc::Sender<std::io::Result<Bytes>>,
+        done: FlightGuard,
+    ) {
+        let (store_tx, store_rx) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_DEPTH);
+        let storage = self.storage.clone();
+        let key = spec.key.clone();
+        let put_options = PutOptions::with_content_type(spec.content_type.clone());
+        let put = tokio::spawn(async move {
+            storage
+                .put(&key, ReceiverStream::new(store_rx).boxed(), put_options)
+                .await
+        });
+
+        let mut verifier = spec.expected.as_ref().map(|d| d.verifier());
+        let mut received: u64 = 0;
+        let mut client_alive = true;
+        // The last chunk is held back from the client until the download is verified and
+        // committed, so a bad download never looks complete.
+        let mut held: Option<Bytes> = None;
+        let mut failure: Option<FetchFailure> = None;
+        while let Some(chunk) = upstream.body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    failure = Some(FetchFailure::new(
+                        502,
+                        format!("upstream download broke off: {err}"),
+                    ));
+                    break;
+                }
+            };
+            received += chunk.len() as u64;
+            if let Some(v) = verifier.as_mut() {
+                v.update(&chunk);
+            }
+            if store_tx.send(Ok(chunk.clone())).await.is_err() {
+                break; // storage gave up; its error is reported below
+            }
+            if let Some(previous) = held.replace(chunk)
+                && client_alive
+                && client.send(Ok(previous)).await.is_err()
+            {
+                client_alive = false; // the client left; the fetch still completes for the cache
+            }
+        }
+        if failure.is_none()
+            && let Some(expected) = upstream.content_length
+            && expected != received
+        {
+            failure = Some(FetchFailure::new(
+                502,
+                format!("upstream sent {received} bytes of the {expected} it announced"),
+            ));
+        }
+        if failure.is_none()
+            && let Some(v) = verifier.take()
+            && !v.matches()
+        {
+            let alg = spec.expected.as_ref().map_or("", |d| d.algorithm());
+            failure = Some(FetchFailure::new(
+                502,
+                format!(
+                    "upstream file {} does not match its declared {alg} digest",
+                    spec.filename
+                ),
+            ));
+        }
+
+        let result = match failure {
+            Some(f) => {
+                // Failing the body makes storage discard the object.
+                let _ = store_tx
+                    .send(Err(std::io::Error::other(f.message.clone())))
+                    .await;
+                drop(store_tx);
+                let _ = put.await;
+                metrics::counter!(m::UPSTREAM_ERRORS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
+                    .increment(1);
+                Err(f)
+            }
+            None => {
+                drop(store_tx);
+                match put.await {
+                    Ok(Ok(put)) => Ok(self.commit(&spec, put.size, put.sha256).await),
+                    Ok(Err(err)) => Err(FetchFailure::new(
+                        502,
+                        format!("could not store the artifact: {err}"),
+                    )),
+                    Err(err) => Err(FetchFailure::new(
+                        502,
+                        format!("storage task failed: {err}"),
+                    )),
+                }
+            }
+        };
+        match &result {
+            Ok(_) => {
+                if let Some(last) = held
+                    && client_alive
+                {
+                    let _ = client.send(Ok(last)).await;
+                }
+            }
+            Err(f) => {
+                tracing::warn!(key = %spec.key, url = %spec.upstream_url, error = %f.message, "artifact not cached");
+                if client_alive {
+                    let _ = client
+                        .send(Err(std::io::Error::other(f.message.clone())))
+                        .await;
+                }
+            }
+        }
+        done.finish(result);
+    }
+
+    async fn commit(&self, spec: &ArtifactSpec, size: u64, sha256: [u8; 32]) -> Arc<ArtifactEntry> {
+        let now = SystemTime::now();
+        let entry = Arc::new(ArtifactEntry {
+            key: spec.key.clone(),
+            ecosystem: spec.ecosystem.to_owned(),
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            filename: spec.filename.clone(),
+            size,
+            sha256,
+            content_type: spec.content_type.clone(),
+            upstream_url: spec.upstream_url.clone(),
+            fetched_at: now,
+            hits: AtomicU64::new(0),
+            pending_hits: AtomicU64::new(0),
+            last_access: AtomicU64::new(unix_secs(now)),
+            dirty: AtomicBool::new(false),
+        });
+        if let Err(err) = self.index.upsert(entry_to_record(&entry)).await {
+            // Storage has the object; the entry lives in memory and is written again on the
+            // next flush of its hits. Serving goes on.
+            tracing::error!(key = %spec.key, error = %err, "could not write the index entry");
+        }
+        let old = self
+            .entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.key.clone(), entry.clone());
+        if let Some(old) = old {
+            self.total_bytes.fetch_sub(old.size, Ordering::Relaxed);
+        }
+        self.total_bytes.fetch_add(size, Ordering::Relaxed);
+        self.evict_if_needed(&entry.key).await;
+        self.publish_gauges();
+        entry
+    }
+
+    /// Delete least recently used artifacts until the total fits `max_size`.
+    async fn evict_if_needed(&self, keep: &ObjectKey) {
+        let Some(max) = self.settings.max_size else {
+            return;
+        };
+        if self.total_bytes.load(Ordering::Relaxed) <= max {
+            return;
+        }
+        let _one_at_a_time = self.evicting.lock().await;
+        let mut candidates: Vec<Arc<ArtifactEntry>> = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| &e.key != keep)
+            .cloned()
+            .collect();
+        candidates.sort_by_key(|e| e.last_access.load(Ordering::Relaxed));
+        let mut removed = Vec::new();
+        for victim in candidates {
+            if self.total_bytes.load(Ordering::Relaxed) <= max {
+                break;
+            }
+            if let Err(err) = self.storage.delete(&victim.key).await {
+                tracing::error!(key = %victim.key, error = %err, "could not evict");
+                continue;
+            }
+            if self
+                .entries
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&victim.key)
+                .is_some()
+            {
+                self.total_bytes.fetch_sub(victim.size, Ordering::Relaxed);
+                self.evicted_bytes.fetch_add(victim.size, Ordering::Relaxed);
+                metrics::counter!(m::EVICTED_BYTES_TOTAL).increment(victim.size);
+                removed.push(victim.key.as_str().to_owned());
+            }
+        }
+        if !removed.is_empty() {
+            tracing::info!(
+                count = removed.len(),
+                "evicted least recently used artifacts"
+            );
+            if let Err(err) = self.index.remove(removed).await {
+                tracing::error!(error = %err, "could not remove evicted entries from the index");
+            }
+        }
+    }
+}
+
+/// The leader's hold on a flight: finishing it (or dropping it, when the request that started
+/// the fetch goes away before upstream answered) releases the waiters and the key.
+struct FlightGuard {
+    cache: Arc<Cache>,
+    key: ObjectKey,
+    tx: Option<watch::Sender<FlightResult>>,
+}
+
+impl FlightGuard {
+    fn finish(mut self, result: Result<Arc<ArtifactEntry>, FetchFailure>) {
+        self.release(result);
+    }
+
+    fn release(&mut self, result: Result<Arc<ArtifactEntry>, FetchFailure>) {
+        if let Some(tx) = self.tx.take() {
+            self.cache
+                .flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.key);
+            let _ = tx.send(Some(result));
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.release(Err(FetchFailure::new(
+            502,
+            "the request that started the fetch went away",
+        )));
+    }
+}
+
+impl ArtifactEntry {
+    /// Seconds-resolution last-modified time for HTTP.
+    pub fn last_modified(&self) -> SystemTime {
+        from_unix_secs(unix_secs(self.fetched_at))
+    }
+}

@@ -1,0 +1,97 @@
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use proxyd_storage_core::ObjectKey;
+
+use crate::ExpectedDigest;
+
+/// What an ecosystem handler knows about an artifact before it is fetched.
+#[derive(Debug, Clone)]
+pub struct ArtifactSpec {
+    /// Storage key.
+    pub key: ObjectKey,
+    /// Ecosystem label (`npm`, `pypi`, `cargo`).
+    pub ecosystem: &'static str,
+    /// Package name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// File name as clients see it.
+    pub filename: String,
+    /// Content type to store and serve.
+    pub content_type: String,
+    /// Where upstream has it (from the upstream's own metadata, never from the client).
+    pub upstream_url: String,
+    /// The digest upstream declared, checked before commit.
+    pub expected: Option<ExpectedDigest>,
+}
+
+/// A cached artifact as the index knows it.
+#[derive(Debug)]
+pub struct ArtifactEntry {
+    /// Storage key.
+    pub key: ObjectKey,
+    /// Ecosystem label.
+    pub ecosystem: String,
+    /// Package name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// File name as clients see it.
+    pub filename: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the stored bytes.
+    pub sha256: [u8; 32],
+    /// Content type.
+    pub content_type: String,
+    /// Where it came from.
+    pub upstream_url: String,
+    /// When it was fetched.
+    pub fetched_at: SystemTime,
+    pub(crate) hits: AtomicU64,
+    pub(crate) pending_hits: AtomicU64,
+    pub(crate) last_access: AtomicU64,
+    pub(crate) dirty: AtomicBool,
+}
+
+impl ArtifactEntry {
+    /// Strong ETag: the quoted SHA-256.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", hex::encode(self.sha256))
+    }
+
+    /// Hits so far (including those not yet written to the index).
+    pub fn hit_count(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Last access, seconds since the epoch.
+    pub fn last_access_secs(&self) -> u64 {
+        self.last_access.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// An upstream metadata document as fetched (packument, simple page, index file).
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The upstream body, unmodified.
+    pub body: Bytes,
+    /// The upstream ETag, for revalidation.
+    pub etag: Option<String>,
+    /// The upstream Last-Modified, for revalidation.
+    pub last_modified: Option<String>,
+    /// Upstream content type.
+    pub content_type: Option<String>,
+    /// When it was fetched or last revalidated.
+    pub fetched_at: SystemTime,
+}

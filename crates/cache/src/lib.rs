@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+
+mod cache;
+mod digest;
+mod entry;
+mod error;
+mod index;
+pub mod metric_names;
+
+pub use cache::{Cache, CacheSettings, EcosystemStats, Fetched, Stats, UpstreamBody};
+pub use digest::{DigestVerifier, ExpectedDigest};
+pub use entry::{ArtifactEntry, ArtifactSpec, Document};
+pub use error::{CacheError, FetchFailure};
+pub use index::{Index, IndexRecord, SqliteIndex};

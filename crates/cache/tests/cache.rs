@@ -1,0 +1,309 @@
+//! Cache behaviour on a real filesystem backend: single-flight, integrity at ingest, broken
+//! downloads, eviction, hit accounting and reconciliation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use proxyd_cache::{
+    ArtifactSpec, Cache, CacheError, CacheSettings, ExpectedDigest, FetchFailure, Fetched, Index,
+    SqliteIndex, UpstreamBody,
+};
+use proxyd_storage_core::{ObjectKey, Storage};
+use proxyd_storage_fs::FsStorage;
+use proxyd_testkit::conformance::{body, failing_body, pattern, read_all};
+use sha2::{Digest, Sha512};
+
+struct Setup {
+    cache: Arc<Cache>,
+    storage: Arc<dyn Storage>,
+    index: Arc<SqliteIndex>,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(settings: CacheSettings) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path().join("a")).await.unwrap());
+    let index = Arc::new(SqliteIndex::open(&dir.path().join("db/index.db")).unwrap());
+    let cache = Cache::open(storage.clone(), index.clone(), settings)
+        .await
+        .unwrap();
+    Setup {
+        cache,
+        storage,
+        index,
+        _dir: dir,
+    }
+}
+
+fn spec(name: &str, data: &[u8]) -> ArtifactSpec {
+    use base64::Engine;
+    let sri = format!(
+        "sha512-{}",
+        base64::engine::general_purpose::STANDARD.encode(Sha512::digest(data))
+    );
+    ArtifactSpec {
+        key: ObjectKey::new(format!("npm/{name}/-/{name}-1.0.0.tgz")).unwrap(),
+        ecosystem: "npm",
+        name: name.into(),
+        version: "1.0.0".into(),
+        filename: format!("{name}-1.0.0.tgz"),
+        content_type: "application/octet-stream".into(),
+        upstream_url: format!("http://127.0.0.1:1/{name}.tgz"),
+        expected: ExpectedDigest::from_sri(&sri),
+    }
+}
+
+async fn drain(fetched: Fetched, storage: &Arc<dyn Storage>) -> Result<Vec<u8>, std::io::Error> {
+    match fetched {
+        Fetched::Streaming { mut body, .. } => {
+            let mut out = Vec::new();
+            while let Some(chunk) = body.next().await {
+                out.extend_from_slice(&chunk?);
+            }
+            Ok(out)
+        }
+        Fetched::Cached(entry) => {
+            Ok(read_all(storage.get(&entry.key, None).await.unwrap().body).await)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_misses_make_one_upstream_fetch() {
+    let s = setup(CacheSettings::default()).await;
+    let data = pattern(300_000, 1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, storage, calls, data) = (
+                s.cache.clone(),
+                s.storage.clone(),
+                calls.clone(),
+                data.clone(),
+            );
+            tokio::spawn(async move {
+                let source = async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(UpstreamBody {
+                        content_length: Some(data.len() as u64),
+                        body: body(data.clone(), 4096),
+                    })
+                };
+                let fetched = cache.fetch(spec("pkg", &data), source).await.unwrap();
+                drain(fetched, &storage).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap() == data);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "exactly one upstream fetch"
+    );
+    assert!(s.cache.lookup(&spec("pkg", &data).key).is_some());
+}
+
+#[tokio::test]
+async fn digest_mismatch_commits_nothing_and_fails_the_body() {
+    let s = setup(CacheSettings::default()).await;
+    let data = pattern(50_000, 2);
+    let mut corrupt = data.clone();
+    corrupt[100] ^= 0xff;
+    let source = async move {
+        Ok(UpstreamBody {
+            content_length: None,
+            body: body(corrupt, 1000),
+        })
+    };
+    let fetched = s.cache.fetch(spec("bad", &data), source).await.unwrap();
+    let err = drain(fetched, &s.storage).await.unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    assert!(s.cache.lookup(&spec("bad", &data).key).is_none());
+    assert!(
+        s.storage.list("").await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    assert!(
+        s.index.load_all().await.unwrap().is_empty(),
+        "nothing indexed"
+    );
+}
+
+#[tokio::test]
+async fn broken_and_short_downloads_commit_nothing() {
+    let s = setup(CacheSettings::default()).await;
+    let data = pattern(50_000, 3);
+    let source = async {
+        Ok(UpstreamBody {
+            content_length: None,
+            body: failing_body(pattern(1000, 3)),
+        })
+    };
+    let fetched = s.cache.fetch(spec("cut", &data), source).await.unwrap();
+    assert!(drain(fetched, &s.storage).await.is_err());
+    let short = data[..40_000].to_vec();
+    let source = async {
+        Ok(UpstreamBody {
+            content_length: Some(50_000),
+            body: body(short, 1000),
+        })
+    };
+    let mut s2 = spec("short", &data);
+    s2.expected = None; // only the length can catch this one
+    let fetched = s.cache.fetch(s2.clone(), source).await.unwrap();
+    let err = drain(fetched, &s.storage).await.unwrap_err();
+    assert!(
+        err.to_string().contains("40000 bytes of the 50000"),
+        "{err}"
+    );
+    assert!(s.storage.list("").await.unwrap().is_empty());
+    assert!(s.cache.lookup(&s2.key).is_none());
+}
+
+#[tokio::test]
+async fn upstream_failure_reaches_every_waiter_and_frees_the_key() {
+    let s = setup(CacheSettings::default()).await;
+    let data = b"x".to_vec();
+    let err = s
+        .cache
+        .fetch(spec("gone", &data), async {
+            Err(FetchFailure::new(404, "not upstream"))
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CacheError::Fetch(FetchFailure { status: 404, .. })
+    ));
+    // The key is free again: a later fetch runs.
+    let source = async {
+        Ok(UpstreamBody {
+            content_length: None,
+            body: body(data.clone(), 1),
+        })
+    };
+    let fetched = s.cache.fetch(spec("gone", &data), source).await.unwrap();
+    assert_eq!(drain(fetched, &s.storage).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn eviction_removes_least_recently_used() {
+    let s = setup(CacheSettings {
+        max_size: Some(250),
+        ..CacheSettings::default()
+    })
+    .await;
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let data = pattern(100, i as u8);
+        let source = async {
+            Ok(UpstreamBody {
+                content_length: None,
+                body: body(data.clone(), 10),
+            })
+        };
+        let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
+        drain(fetched, &s.storage).await.unwrap();
+        if name == "a" {
+            // "a" was used recently; "b" becomes the least recently used.
+            let entry = s.cache.lookup(&spec("a", &data).key).unwrap();
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            s.cache.record_hit(&entry);
+        }
+        if name == "b" {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let a = s.cache.lookup(&spec("a", &pattern(100, 0)).key).unwrap();
+            s.cache.record_hit(&a);
+        }
+    }
+    let stats = s.cache.stats();
+    assert!(stats.bytes <= 250, "{stats:?}");
+    assert_eq!(stats.evicted_bytes, 100);
+    assert!(
+        s.cache.lookup(&spec("b", &pattern(100, 1)).key).is_none(),
+        "b was evicted"
+    );
+    assert!(s.cache.lookup(&spec("a", &pattern(100, 0)).key).is_some());
+    let keys: Vec<_> = s
+        .storage
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key.to_string())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+#[tokio::test]
+async fn hits_are_batched_into_the_index_and_missing_objects_are_forgotten() {
+    let s = setup(CacheSettings::default()).await;
+    let data = pattern(10, 9);
+    let source = async {
+        Ok(UpstreamBody {
+            content_length: None,
+            body: body(data.clone(), 3),
+        })
+    };
+    drain(
+        s.cache.fetch(spec("h", &data), source).await.unwrap(),
+        &s.storage,
+    )
+    .await
+    .unwrap();
+    let entry = s.cache.lookup(&spec("h", &data).key).unwrap();
+    for _ in 0..3 {
+        s.cache.record_hit(&entry);
+    }
+    assert_eq!(
+        s.index.load_all().await.unwrap()[0].hit_count,
+        0,
+        "no write on the hot path"
+    );
+    s.cache.flush().await.unwrap();
+    assert_eq!(s.index.load_all().await.unwrap()[0].hit_count, 3);
+    let stats = s.cache.stats();
+    assert_eq!((stats.hits, stats.misses), (3, 1));
+
+    s.storage.delete(&entry.key).await.unwrap();
+    assert_eq!(s.cache.verify_storage().await.unwrap(), 1);
+    assert!(s.cache.lookup(&entry.key).is_none());
+    assert!(s.index.load_all().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn index_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path().join("a")).await.unwrap());
+    let data = pattern(64, 4);
+    {
+        let index = Arc::new(SqliteIndex::open(&dir.path().join("i.db")).unwrap());
+        let cache = Cache::open(storage.clone(), index, CacheSettings::default())
+            .await
+            .unwrap();
+        let source = async {
+            Ok(UpstreamBody {
+                content_length: None,
+                body: body(data.clone(), 8),
+            })
+        };
+        drain(
+            cache.fetch(spec("r", &data), source).await.unwrap(),
+            &storage,
+        )
+        .await
+        .unwrap();
+    }
+    let index = Arc::new(SqliteIndex::open(&dir.path().join("i.db")).unwrap());
+    let cache = Cache::open(storage, index, CacheSettings::default())
+        .await
+        .unwrap();
+    let entry = cache.lookup(&spec("r", &data).key).expect("entry reloaded");
+    assert_eq!(entry.size, 64);
+    let _ = Bytes::new();
+}
