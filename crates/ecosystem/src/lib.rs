@@ -1,0 +1,10 @@
+#![doc = include_str!("../README.md")]
+
+mod metadata;
+pub mod names;
+mod reply;
+mod upstream;
+
+pub use metadata::{Freshness, MetadataCache};
+pub use reply::{ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Reply, Resolver};
+pub use upstream::{Upstream, UpstreamError, UpstreamResponse};

@@ -1,0 +1,359 @@
+//! Serving an artifact: hit (redirect or stream), miss (fetch and stream through).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use proxyd_cache::metric_names as m;
+use proxyd_cache::{ArtifactEntry, CacheError, Fetched};
+use proxyd_ecosystem::{ArtifactReply, Resolver};
+use proxyd_storage_core::{ErrorKind, ResponseOverrides};
+
+use crate::body::{self, Body};
+use crate::front::{Front, not_modified};
+
+fn disposition(filename: &str) -> String {
+    format!("attachment; filename=\"{filename}\"")
+}
+
+fn set(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// The headers every 200/206/HEAD answer for a cached artifact carries.
+fn entity_headers(headers: &mut HeaderMap, entry: &ArtifactEntry) {
+    set(headers, header::CONTENT_TYPE, &entry.content_type);
+    set(headers, header::ETAG, &entry.etag());
+    set(
+        headers,
+        header::LAST_MODIFIED,
+        &httpdate::fmt_http_date(entry.last_modified()),
+    );
+    set(
+        headers,
+        header::CONTENT_DISPOSITION,
+        &disposition(&entry.filename),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+}
+
+enum RangeRequest {
+    Whole,
+    Part(Range<u64>),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range (several ranges are answered with the whole body, as RFC 9110 allows).
+fn parse_range(value: &str, size: u64) -> RangeRequest {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Whole;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Whole;
+    }
+    let Some((start, end)) = spec.trim().split_once('-') else {
+        return RangeRequest::Whole;
+    };
+    let range = match (start.trim(), end.trim()) {
+        ("", suffix) => match suffix.parse::<u64>() {
+            Ok(0) => return RangeRequest::Unsatisfiable,
+            Ok(n) => size.saturating_sub(n)..size,
+            Err(_) => return RangeRequest::Whole,
+        },
+        (start, "") => match start.parse::<u64>() {
+            Ok(s) => s..size,
+            Err(_) => return RangeRequest::Whole,
+        },
+        (start, end) => match (start.parse::<u64>(), end.parse::<u64>()) {
+            (Ok(s), Ok(e)) if s <= e => s..(e + 1).min(size),
+            _ => return RangeRequest::Whole,
+        },
+    };
+    if range.start >= size || range.start >= range.end {
+        RangeRequest::Unsatisfiable
+    } else if range == (0..size) {
+        RangeRequest::Whole
+    } else {
+        RangeRequest::Part(range)
+    }
+}
+
+fn fetch_error(err: &CacheError) -> Response<Body> {
+    match err {
+        CacheError::Fetch(f) => body::error(f.status, &f.message),
+        other => body::error(502, &other.to_string()),
+    }
+}
+
+impl Front {
+    /// A cache hit is served from here; a miss is fetched first.
+    pub(crate) async fn serve_artifact(
+        self: &Arc<Self>,
+        ecosystem: &'static str,
+        method: &Method,
+        headers: &HeaderMap,
+        artifact: ArtifactReply,
+    ) -> Response<Body> {
+        match self.cache.lookup(&artifact.key) {
+            Some(entry) => {
+                self.serve_hit(ecosystem, method, headers, entry, artifact.resolve)
+                    .await
+            }
+            None => {
+                self.serve_miss(ecosystem, method, headers, artifact.resolve)
+                    .await
+            }
+        }
+    }
+
+    async fn serve_miss(
+        self: &Arc<Self>,
+        ecosystem: &'static str,
+        method: &Method,
+        headers: &HeaderMap,
+        resolve: Resolver,
+    ) -> Response<Body> {
+        let spec = match resolve.await {
+            Ok(spec) => spec,
+            Err(failure) => return body::error(failure.status, &failure.message),
+        };
+        let filename = spec.filename.clone();
+        let url = spec.upstream_url.clone();
+        let source = self.upstream.artifact(&url);
+        match self.cache.fetch(spec, source).await {
+            Ok(Fetched::Streaming {
+                content_length,
+                content_type,
+                body: stream,
+            }) => {
+                let mut response = Response::new(if method == Method::HEAD {
+                    // The download goes on in the background and is cached.
+                    body::empty()
+                } else {
+                    body::stream(stream)
+                });
+                let h = response.headers_mut();
+                set(h, header::CONTENT_TYPE, &content_type);
+                set(h, header::CONTENT_DISPOSITION, &disposition(&filename));
+                if let Some(len) = content_length {
+                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                }
+                response
+            }
+            Ok(Fetched::Cached(entry)) => {
+                match self.serve_cached(ecosystem, method, headers, &entry).await {
+                    Ok(response) => response,
+                    Err(err) => body::error(503, &format!("storage failed: {err}")),
+                }
+            }
+            Err(err) => fetch_error(&err),
+        }
+    }
+
+    async fn serve_hit(
+        self: &Arc<Self>,
+        ecosystem: &'static str,
+        method: &Method,
+        headers: &HeaderMap,
+        entry: Arc<ArtifactEntry>,
+        resolve: Resolver,
+    ) -> Response<Body> {
+        match self.serve_cached(ecosystem, method, headers, &entry).await {
+            Ok(response) => response,
+            Err(err) if err.is_not_found() => {
+                // Deleted behind proxyd's back: forget it and fetch it again.
+                self.cache.forget(&entry.key).await;
+                self.serve_miss(ecosystem, method, headers, resolve).await
+            }
+            Err(err) => body::error(503, &format!("storage failed: {err}")),
+        }
+    }
+
+    /// The one path for a cached artifact: HEAD from the index, else count the hit, then
+    /// redirect or stream.
+    async fn serve_cached(
+        self: &Arc<Self>,
+        ecosystem: &'static str,
+        method: &Method,
+        headers: &HeaderMap,
+        entry: &Arc<ArtifactEntry>,
+    ) -> Result<Response<Body>, proxyd_storage_core::Error> {
+        if method == Method::HEAD {
+            // Never redirected: answered from the index, without touching storage.
+            let mut response = Response::new(body::empty());
+            entity_headers(response.headers_mut(), entry);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(entry.size));
+            return Ok(response);
+        }
+        self.cache.record_hit(entry);
+        if self.redirects_for(ecosystem)
+            && let Some(response) = self.redirect(ecosystem, entry).await
+        {
+            return Ok(response);
+        }
+        self.open_and_stream(method, headers, entry).await
+    }
+
+    async fn redirect(
+        &self,
+        ecosystem: &'static str,
+        entry: &ArtifactEntry,
+    ) -> Option<Response<Body>> {
+        let ttl = self.direct_serve_ttl();
+        let overrides = ResponseOverrides::new(
+            Some(entry.content_type.clone()),
+            Some(disposition(&entry.filename)),
+        );
+        match self
+            .cache
+            .storage()
+            .presign_get(&entry.key, ttl, &overrides)
+            .await
+        {
+            Ok(url) => {
+                metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => "redirect")
+                    .increment(1);
+                tracing::debug!(key = %entry.key, location = %url.redacted(), "redirecting to storage");
+                let lifetime = url
+                    .expires_at()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+                    .min(ttl);
+                let mut response = Response::new(body::empty());
+                *response.status_mut() = StatusCode::FOUND;
+                let h = response.headers_mut();
+                // Emitted byte for byte as signed.
+                match HeaderValue::from_str(url.as_str()) {
+                    Ok(location) => h.insert(header::LOCATION, location),
+                    Err(_) => return None,
+                };
+                // Shared caches must not keep it; a client may reuse it for half its life.
+                set(
+                    h,
+                    header::CACHE_CONTROL,
+                    &format!("private, max-age={}", lifetime.as_secs() / 2),
+                );
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                Some(response)
+            }
+            Err(err) => {
+                let outcome = if err.kind() == ErrorKind::Unsupported {
+                    "fallback_unsupported"
+                } else {
+                    "fallback_error"
+                };
+                metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => outcome)
+                    .increment(1);
+                self.log_once(
+                    format!("{outcome}: {:?}: {}", err.kind(), err.message()),
+                    "presigning failed; streaming cached downloads instead",
+                );
+                None
+            }
+        }
+    }
+
+    async fn open_and_stream(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        entry: &ArtifactEntry,
+    ) -> Result<Response<Body>, proxyd_storage_core::Error> {
+        if not_modified(headers, &entry.etag()) || unmodified_since(headers, entry) {
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            set(response.headers_mut(), header::ETAG, &entry.etag());
+            return Ok(response);
+        }
+        let if_range_ok = headers
+            .get(header::IF_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v == entry.etag());
+        let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+            Some(value) if if_range_ok => parse_range(value, entry.size),
+            _ => RangeRequest::Whole,
+        };
+        let range = match range {
+            RangeRequest::Unsatisfiable => {
+                let mut response = body::error(416, "requested range not satisfiable");
+                set(
+                    response.headers_mut(),
+                    header::CONTENT_RANGE,
+                    &format!("bytes */{}", entry.size),
+                );
+                return Ok(response);
+            }
+            RangeRequest::Whole => None,
+            RangeRequest::Part(r) => Some(r),
+        };
+        let got = self.cache.storage().get(&entry.key, range.clone()).await?;
+        let length = got.range.end - got.range.start;
+        let mut response = Response::new(if method == Method::HEAD {
+            body::empty()
+        } else {
+            body::stream(got.body)
+        });
+        let h = response.headers_mut();
+        entity_headers(h, entry);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if let Some(r) = range {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            set(
+                response.headers_mut(),
+                header::CONTENT_RANGE,
+                &format!("bytes {}-{}/{}", r.start, r.end - 1, entry.size),
+            );
+        }
+        Ok(response)
+    }
+}
+
+fn unmodified_since(headers: &HeaderMap, entry: &ArtifactEntry) -> bool {
+    if headers.contains_key(header::IF_NONE_MATCH) {
+        return false; // If-None-Match takes precedence
+    }
+    headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .is_some_and(|since| entry.last_modified() <= since)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(v: &str, size: u64) -> Option<Range<u64>> {
+        match parse_range(v, size) {
+            RangeRequest::Part(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(part("bytes=0-9", 100), Some(0..10));
+        assert_eq!(part("bytes=90-", 100), Some(90..100));
+        assert_eq!(part("bytes=-10", 100), Some(90..100));
+        assert_eq!(part("bytes=90-200", 100), Some(90..100));
+        assert!(matches!(
+            parse_range("bytes=100-", 100),
+            RangeRequest::Unsatisfiable
+        ));
+        assert!(matches!(parse_range("bytes=0-", 100), RangeRequest::Whole));
+        assert!(matches!(
+            parse_range("bytes=0-1,5-6", 100),
+            RangeRequest::Whole
+        ));
+        assert!(matches!(parse_range("items=0-1", 100), RangeRequest::Whole));
+        assert!(matches!(
+            parse_range("bytes=-0", 100),
+            RangeRequest::Unsatisfiable
+        ));
+    }
+}

@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+mod artifact;
+mod body;
+mod front;
+mod server;
+
+pub use front::{DirectServeSettings, Front, FrontSettings, MetricsRender};
+pub use server::serve;

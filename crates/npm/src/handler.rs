@@ -1,0 +1,233 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use proxyd_cache::{ArtifactSpec, Document, FetchFailure};
+use proxyd_ecosystem::names::{decode_slashes_only, is_safe_file_name};
+use proxyd_ecosystem::{
+    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache, Reply,
+    UpstreamError,
+};
+use proxyd_storage_core::ObjectKey;
+use sha2::{Digest, Sha256};
+
+use crate::name::{upstream_path, validate};
+use crate::rewrite::{find_tarball, rewrite_packument};
+
+const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
+const ACCEPT_ABBREVIATED: &str =
+    "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
+const ACCEPT_FULL: &str = "application/json";
+
+/// Settings of the npm handler.
+#[derive(Debug, Clone)]
+pub struct NpmConfig {
+    /// Upstream registry root (packument at `{upstream}/{name}`), without trailing slash.
+    pub upstream: String,
+    /// proxyd's public URL, without trailing slash.
+    pub base_url: String,
+}
+
+/// The npm handler.
+#[derive(Debug)]
+pub struct Npm {
+    config: NpmConfig,
+    metadata: Arc<MetadataCache>,
+    rewritten: Mutex<HashMap<String, (Arc<Document>, DocumentReply)>>,
+}
+
+#[derive(Clone, Copy)]
+enum Variant {
+    Full,
+    Abbreviated,
+}
+
+impl Variant {
+    fn doc_key(self, name: &str) -> String {
+        match self {
+            Self::Full => format!("npm/full/{name}"),
+            Self::Abbreviated => format!("npm/abbreviated/{name}"),
+        }
+    }
+    fn accept(self) -> &'static str {
+        match self {
+            Self::Full => ACCEPT_FULL,
+            Self::Abbreviated => ACCEPT_ABBREVIATED,
+        }
+    }
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Full => "application/json",
+            Self::Abbreviated => ABBREVIATED,
+        }
+    }
+}
+
+fn upstream_failure(err: &UpstreamError) -> Reply {
+    match err {
+        UpstreamError::NotFound(_) => Reply::not_found(err.to_string()),
+        _ => Reply::Error(502, err.to_string()),
+    }
+}
+
+impl Npm {
+    /// A handler for `config.upstream`, caching documents in `metadata`.
+    pub fn new(mut config: NpmConfig, metadata: Arc<MetadataCache>) -> Self {
+        config.upstream = config.upstream.trim_end_matches('/').to_owned();
+        config.base_url = config.base_url.trim_end_matches('/').to_owned();
+        Self {
+            config,
+            metadata,
+            rewritten: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn packument_url(&self, name: &str) -> String {
+        format!("{}/{}", self.config.upstream, upstream_path(name))
+    }
+
+    async fn packument(&self, name: &str, variant: Variant) -> Reply {
+        let key = variant.doc_key(name);
+        let url = self.packument_url(name);
+        let (doc, freshness) = match self
+            .metadata
+            .get("npm", &key, &url, variant.accept(), false)
+            .await
+        {
+            Ok(found) => found,
+            Err(err) => return upstream_failure(&err),
+        };
+        let cached = self
+            .rewritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let mut reply = match cached {
+            Some((source, reply)) if Arc::ptr_eq(&source, &doc) || source.body == doc.body => reply,
+            _ => {
+                let body = match rewrite_packument(&doc.body, name, &self.config.base_url) {
+                    Ok(body) => Bytes::from(body),
+                    Err(err) => return Reply::Error(502, err),
+                };
+                let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
+                let reply = DocumentReply {
+                    content_type: variant.content_type(),
+                    body,
+                    etag,
+                    max_age: 60,
+                    stale: false,
+                };
+                self.rewritten
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, (doc.clone(), reply.clone()));
+                reply
+            }
+        };
+        reply.stale = freshness == Freshness::Stale;
+        Reply::Document(reply)
+    }
+
+    /// Where upstream has `file` of `name`, from the upstream's own packument.
+    async fn resolve(
+        self: Arc<Self>,
+        name: String,
+        file: String,
+        key: ObjectKey,
+    ) -> Result<ArtifactSpec, FetchFailure> {
+        let url = self.packument_url(&name);
+        for force in [false, true] {
+            let variant = Variant::Abbreviated;
+            let (doc, freshness) = self
+                .metadata
+                .get(
+                    "npm",
+                    &variant.doc_key(&name),
+                    &url,
+                    variant.accept(),
+                    force,
+                )
+                .await
+                .map_err(|e| match e {
+                    UpstreamError::NotFound(_) => FetchFailure::new(404, e.to_string()),
+                    _ => FetchFailure::new(502, e.to_string()),
+                })?;
+            let info = find_tarball(&doc.body, &file).map_err(|e| FetchFailure::new(502, e))?;
+            if let Some(info) = info {
+                if !(info.url.starts_with("http://") || info.url.starts_with("https://")) {
+                    return Err(FetchFailure::new(
+                        502,
+                        "upstream packument has a non-HTTP tarball URL",
+                    ));
+                }
+                return Ok(ArtifactSpec {
+                    key,
+                    ecosystem: "npm",
+                    name,
+                    version: info.version,
+                    filename: file,
+                    content_type: "application/octet-stream".into(),
+                    upstream_url: info.url,
+                    expected: info.expected,
+                });
+            }
+            // A version published after the cached packument: look once more, upstream.
+            if matches!(freshness, Freshness::Fetched | Freshness::Stale) {
+                break;
+            }
+        }
+        Err(FetchFailure::new(
+            404,
+            format!("no version of {name} has the tarball {file}"),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Ecosystem for Npm {
+    fn name(&self) -> &'static str {
+        "npm"
+    }
+
+    async fn handle(self: Arc<Self>, request: EcosystemRequest) -> Reply {
+        let raw = request.path.trim_start_matches('/');
+        let path = match decode_slashes_only(raw) {
+            Ok(path) => path,
+            Err(reason) => return Reply::bad_request(reason),
+        };
+        if let Some((name, file)) = path.split_once("/-/") {
+            if let Err(reason) = validate(name) {
+                return Reply::bad_request(reason);
+            }
+            if !is_safe_file_name(file) || !file.ends_with(".tgz") {
+                return Reply::bad_request(format!("{file:?} is not an npm tarball file name"));
+            }
+            let key = match ObjectKey::new(format!("npm/{name}/-/{file}")) {
+                Ok(key) => key,
+                Err(err) => return Reply::bad_request(err.message().to_owned()),
+            };
+            let resolve = Box::pin(self.clone().resolve(
+                name.to_owned(),
+                file.to_owned(),
+                key.clone(),
+            ));
+            return Reply::Artifact(ArtifactReply { key, resolve });
+        }
+        if let Err(reason) = validate(&path) {
+            return Reply::bad_request(reason);
+        }
+        let abbreviated = request
+            .headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains(ABBREVIATED));
+        let variant = if abbreviated {
+            Variant::Abbreviated
+        } else {
+            Variant::Full
+        };
+        self.packument(&path, variant).await
+    }
+}
