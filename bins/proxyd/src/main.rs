@@ -1,3 +1,272 @@
-//! proxyd: a caching proxy for package registries (placeholder until the front lands).
+//! proxyd: a caching proxy for package registries. This binary only reads settings, installs
+//! logging and metrics, composes the library crates and runs them.
 
-fn main() {}
+mod settings;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use proxyd_cache::{Cache, CacheSettings, SqliteIndex};
+use proxyd_ecosystem::{Ecosystem, MetadataCache, Upstream};
+use proxyd_http_front::{DirectServeSettings, Front, FrontSettings};
+use settings::{Flags, LogFormat, Settings};
+
+/// How long in-flight requests may take to finish after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(30);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "proxyd",
+    version,
+    about = "A caching proxy for package registries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy (the default).
+    Serve(ServeArgs),
+    /// Validate the settings and print the effective values (secrets redacted).
+    CheckConfig {
+        /// Settings file (.yaml, .yml or .toml).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug, Default, Clone)]
+struct ServeArgs {
+    /// Settings file (.yaml, .yml or .toml).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Address to bind.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Public URL of proxyd.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Storage URL (file://, s3://, azblob://).
+    #[arg(long)]
+    storage_url: Option<String>,
+    /// Log level or filter.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+impl From<ServeArgs> for Flags {
+    fn from(a: ServeArgs) -> Self {
+        Flags {
+            config: a.config,
+            listen: a.listen,
+            base_url: a.base_url,
+            storage_url: a.storage_url,
+            log_level: a.log_level,
+            log_format: a.log_format,
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    match cli.command {
+        Some(Command::CheckConfig { config }) => {
+            let flags = Flags {
+                config,
+                ..Flags::default()
+            };
+            match settings::load(&flags, &env) {
+                Ok((settings, warnings)) => {
+                    for w in warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    #[allow(clippy::print_stdout)]
+                    {
+                        println!("{}", settings.render());
+                    }
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprint!("{err}");
+                    std::process::ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Serve(args)) => run(&args.into(), &env),
+        None => run(&cli.serve.into(), &env),
+    }
+}
+
+fn run(flags: &Flags, env: &HashMap<String, String>) -> std::process::ExitCode {
+    let (settings, warnings) = match settings::load(flags, env) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprint!("{err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(&settings);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("proxyd: cannot start the runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings, env)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("proxyd: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match settings.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(settings: Settings, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ])
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+
+    let options = proxyd_storage::StorageOptions::with_public_base_url(
+        settings.direct_serve_base_url.clone(),
+    );
+    let lookup = |name: &str| env.get(name).cloned();
+    let storage = proxyd_storage::open(&settings.storage_url, &options, &lookup)
+        .await
+        .with_context(|| format!("storage {}", settings::redact_url(&settings.storage_url)))?;
+    let index = SqliteIndex::open(&settings.database_path)
+        .with_context(|| format!("database {}", settings.database_path.display()))?;
+    let cache_settings = CacheSettings {
+        max_size: settings.max_size,
+        verify_interval: settings.verify_interval,
+        ..CacheSettings::default()
+    };
+    let cache = Cache::open(storage, Arc::new(index), cache_settings)
+        .await
+        .context("cache index")?;
+    let upstream = Upstream::new(Duration::from_secs(10), Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("upstream client: {e}"))?;
+    let metadata = Arc::new(MetadataCache::new(
+        cache.clone(),
+        upstream.clone(),
+        settings.metadata_ttl,
+    ));
+
+    let mut ecosystems: Vec<Arc<dyn Ecosystem>> = Vec::new();
+    let mut disabled = HashMap::new();
+    for eco in settings::ECOSYSTEMS {
+        let Some(upstream_url) = settings.upstreams.get(*eco) else {
+            tracing::warn!(ecosystem = eco, setting = %format!("upstream.{eco}"), "ecosystem disabled: no upstream configured");
+            disabled.insert(
+                (*eco).to_owned(),
+                format!(
+                    "upstream.{eco} ({})",
+                    settings::env_name(&format!("upstream.{eco}"))
+                ),
+            );
+            continue;
+        };
+        if *eco == "npm" {
+            let config = proxyd_npm::NpmConfig {
+                upstream: upstream_url.clone(),
+                base_url: settings.base_url.clone(),
+            };
+            ecosystems.push(Arc::new(proxyd_npm::Npm::new(config, metadata.clone())));
+        }
+    }
+
+    let front_settings = FrontSettings {
+        direct_serve: DirectServeSettings {
+            enabled: settings.direct_serve,
+            ttl: settings.direct_serve_ttl,
+            per_ecosystem: settings
+                .ecosystem_direct_serve
+                .clone()
+                .into_iter()
+                .collect(),
+        },
+        disabled,
+    };
+    let render = Arc::new(move || prometheus.render());
+    let front = Front::new(
+        cache.clone(),
+        upstream,
+        ecosystems,
+        front_settings,
+        Some(render),
+    );
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, base_url = %settings.base_url, "proxyd is serving");
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let background = cache.spawn_background(shutdown_rx.clone());
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = shutdown_tx.send(true);
+    });
+    proxyd_http_front::serve(front, listener, shutdown_rx, DRAIN).await;
+    let _ = background.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

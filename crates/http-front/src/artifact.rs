@@ -250,7 +250,7 @@ impl Front {
                 metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => outcome)
                     .increment(1);
                 self.log_once(
-                    format!("{outcome}: {:?}: {}", err.kind(), err.message()),
+                    &format!("{outcome}: {:?}: {}", err.kind(), err.message()),
                     "presigning failed; streaming cached downloads instead",
                 );
                 None

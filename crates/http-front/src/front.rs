@@ -110,13 +110,9 @@ impl Front {
     }
 
     /// Log `message` the first time `cause` is seen.
-    pub(crate) fn log_once(&self, cause: String, message: &str) {
-        if self
-            .logged_causes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cause.clone())
-        {
+    pub(crate) fn log_once(&self, cause: &str, message: &str) {
+        let mut seen = self.logged_causes.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.insert(cause.to_owned()) {
             tracing::warn!(cause = %cause, "{message}");
         }
     }
