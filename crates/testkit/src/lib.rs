@@ -4,6 +4,8 @@
 pub mod conformance;
 pub mod emulators;
 pub mod forward;
+pub mod npm_registry;
+pub mod proxyd;
 
 use std::path::PathBuf;
 

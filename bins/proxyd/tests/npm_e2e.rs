@@ -1,0 +1,285 @@
+//! The real npm client against proxyd in front of a local registry, for each storage backend:
+//! install, install again from an empty npm cache (hits, redirects), then install with the
+//! upstream stopped.
+
+use std::process::Command;
+use std::time::Duration;
+
+use proxyd_testkit::emulators::{Azurite, S3sFs};
+use proxyd_testkit::forward::TcpForwarder;
+use proxyd_testkit::npm_registry::{NpmRegistry, Package};
+use proxyd_testkit::proxyd::{ProxydProcess, metric};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxyd");
+
+fn packages() -> Vec<Package> {
+    vec![
+        Package::new("plain-pkg", "1.0.0"),
+        Package::new("@fixture/scoped-pkg", "2.1.0"),
+        Package::new("leaf-pkg", "1.2.3"),
+        Package::new("with-deps", "1.0.0").depends_on("leaf-pkg", "^1.0.0"),
+    ]
+}
+
+/// `npm install` of the test packages into a new project with an empty npm cache.
+fn npm_install(registry: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("package.json"),
+        r#"{"name":"consumer","version":"0.0.0","private":true}"#,
+    )
+    .unwrap();
+    let output = Command::new("npm")
+        .current_dir(&project)
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--no-update-notifier",
+            "--loglevel",
+            "http",
+        ])
+        .arg("--registry")
+        .arg(registry)
+        .arg("--cache")
+        .arg(work.path().join("npm-cache"))
+        .args(["plain-pkg", "@fixture/scoped-pkg", "with-deps"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run npm ({e}); install Node.js and npm"));
+    assert!(
+        output.status.success(),
+        "npm install failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["plain-pkg", "@fixture/scoped-pkg", "with-deps", "leaf-pkg"] {
+        assert!(
+            project
+                .join("node_modules")
+                .join(name)
+                .join("package.json")
+                .exists(),
+            "{name} was not installed"
+        );
+    }
+    let run = Command::new("node")
+        .current_dir(&project)
+        .args(["-e", "process.stdout.write(require('with-deps')())"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "with-deps@1.0.0");
+}
+
+async fn npm_install_async(registry: String) {
+    tokio::task::spawn_blocking(move || npm_install(&registry))
+        .await
+        .unwrap();
+}
+
+struct Case {
+    storage_yaml: String,
+    env: Vec<(&'static str, String)>,
+    expect_redirects: bool,
+    public_base: Option<String>,
+}
+
+async fn install_cycle(case: Case) {
+    let registry = NpmRegistry::start(&packages()).await;
+    let config = format!(
+        "{}metadata_ttl: 1s\nupstream:\n  npm: {}\n",
+        case.storage_yaml,
+        registry.url()
+    );
+    let proxyd = ProxydProcess::start(BIN, &config, &case.env);
+    let npm_registry = format!("{}/npm/", proxyd.url());
+
+    npm_install_async(npm_registry.clone()).await;
+    let m = proxyd.metrics().await;
+    assert_eq!(
+        metric(&m, "proxyd_cache_misses_total", &[("ecosystem", "npm")]),
+        4.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "proxyd_cache_hits_total", &[("ecosystem", "npm")]),
+        0.0
+    );
+
+    npm_install_async(npm_registry.clone()).await;
+    let m = proxyd.metrics().await;
+    assert_eq!(
+        metric(&m, "proxyd_cache_misses_total", &[("ecosystem", "npm")]),
+        4.0,
+        "no new misses"
+    );
+    assert!(
+        metric(&m, "proxyd_cache_hits_total", &[("ecosystem", "npm")]) >= 4.0,
+        "{m}"
+    );
+    let redirects = metric(
+        &m,
+        "proxyd_direct_serve_total",
+        &[("ecosystem", "npm"), ("outcome", "redirect")],
+    );
+    let active = metric(&m, "proxyd_direct_serve_active", &[]);
+    if case.expect_redirects {
+        assert!(
+            redirects >= 4.0,
+            "cached tarballs are redirected:\n{m}\n{}",
+            proxyd.log()
+        );
+        assert_eq!(active, 1.0);
+    } else {
+        assert_eq!(redirects, 0.0);
+        assert_eq!(active, 0.0);
+    }
+    for (i, p) in packages().iter().enumerate() {
+        assert_eq!(
+            registry.hits(&NpmRegistry::tarball_path(p)),
+            1,
+            "tarball {i} fetched once upstream"
+        );
+    }
+
+    // A GET of a cached tarball: redirect (pointing at the public base when set) or stream;
+    // HEAD never redirects.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!(
+        "{}/npm{}",
+        proxyd.url(),
+        NpmRegistry::tarball_path(&packages()[1])
+    );
+    let resp = client.get(&url).send().await.unwrap();
+    if case.expect_redirects {
+        assert_eq!(resp.status(), 302);
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let cc = resp.headers()["cache-control"].to_str().unwrap();
+        assert!(cc.starts_with("private, max-age="), "{cc}");
+        if let Some(base) = &case.public_base {
+            assert!(
+                location.starts_with(base.as_str()),
+                "{location} should start with {base}"
+            );
+        }
+        let fetched = reqwest::get(&location).await.unwrap();
+        assert_eq!(fetched.status(), 200);
+        assert_eq!(
+            fetched.headers()["content-type"],
+            "application/octet-stream"
+        );
+        assert_eq!(
+            fetched.bytes().await.unwrap(),
+            registry.tarball(&packages()[1])
+        );
+    } else {
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.bytes().await.unwrap(),
+            registry.tarball(&packages()[1])
+        );
+    }
+    let head = client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200, "HEAD is answered locally");
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        registry.tarball(&packages()[1]).len().to_string()
+    );
+
+    // Upstream gone: metadata is stale (TTL 1s) and served anyway; tarballs come from the cache.
+    registry.stop();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    npm_install_async(npm_registry).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_installs_through_filesystem_storage() {
+    install_cycle(Case {
+        storage_yaml: String::new(),
+        env: vec![],
+        expect_redirects: false,
+        public_base: None,
+    })
+    .await;
+}
+
+fn s3_case(server: &S3sFs, bucket: &str, public_base: Option<String>) -> Case {
+    server.create_bucket(bucket);
+    let mut yaml = format!(
+        "storage:\n  url: \"s3://{bucket}?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n  direct_serve: true\n",
+        server.endpoint()
+    );
+    if let Some(base) = &public_base {
+        yaml.push_str(&format!("  direct_serve_base_url: {base}\n"));
+    }
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID", S3sFs::ACCESS_KEY.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", S3sFs::SECRET_KEY.to_owned()),
+    ];
+    Case {
+        storage_yaml: yaml,
+        env,
+        expect_redirects: true,
+        public_base,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_installs_through_s3_with_direct_serve() {
+    let server = S3sFs::start();
+    install_cycle(s3_case(&server, "npm-cache", None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_installs_through_s3_with_public_base_url() {
+    let server = S3sFs::start();
+    let forwarder = TcpForwarder::start(([127, 0, 0, 1], server.port()).into()).await;
+    install_cycle(s3_case(&server, "npm-public", Some(forwarder.base_url()))).await;
+}
+
+async fn azure_case(emulator: &Azurite, container: &str, public_base: Option<String>) -> Case {
+    let location = azure_storage::CloudLocation::Custom {
+        account: Azurite::ACCOUNT.into(),
+        uri: emulator.account_endpoint(),
+    };
+    let creds = azure_storage::StorageCredentials::access_key(Azurite::ACCOUNT, Azurite::KEY);
+    azure_storage_blobs::prelude::ClientBuilder::with_location(location, creds)
+        .container_client(container)
+        .create()
+        .await
+        .unwrap();
+    let mut yaml = format!(
+        "storage:\n  url: \"azblob://{container}?protocol=http&domain={}&localemu=true\"\n  direct_serve: true\n",
+        emulator.domain()
+    );
+    if let Some(base) = &public_base {
+        yaml.push_str(&format!("  direct_serve_base_url: {base}\n"));
+    }
+    let env = vec![
+        ("AZURE_STORAGE_ACCOUNT", Azurite::ACCOUNT.to_owned()),
+        ("AZURE_STORAGE_KEY", Azurite::KEY.to_owned()),
+    ];
+    Case {
+        storage_yaml: yaml,
+        env,
+        expect_redirects: true,
+        public_base,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_installs_through_azure_with_direct_serve() {
+    let emulator = Azurite::start();
+    install_cycle(azure_case(&emulator, "npm-cache", None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_installs_through_azure_with_public_base_url() {
+    let emulator = Azurite::start();
+    let forwarder = TcpForwarder::start(([127, 0, 0, 1], emulator.port()).into()).await;
+    install_cycle(azure_case(&emulator, "npm-public", Some(forwarder.base_url())).await).await;
+}
