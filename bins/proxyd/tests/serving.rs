@@ -1,0 +1,398 @@
+//! proxyd's serving rules over HTTP, against a local registry: single-flight, integrity at
+//! ingest, broken downloads, objects deleted behind its back, conditional and range requests,
+//! bad input, disabled ecosystems, check-config and graceful shutdown.
+
+use std::process::Command;
+use std::time::Duration;
+
+use proxyd_testkit::npm_registry::{Fault, NpmRegistry, Package};
+use proxyd_testkit::proxyd::{ProxydProcess, metric};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxyd");
+
+async fn start(packages: &[Package], extra: &str) -> (NpmRegistry, ProxydProcess) {
+    let registry = NpmRegistry::start(packages).await;
+    let config = format!("{extra}upstream:\n  npm: {}\n", registry.url());
+    let proxyd = ProxydProcess::start(BIN, &config, &[]);
+    (registry, proxyd)
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn tarball_url(proxyd: &ProxydProcess, p: &Package) -> String {
+    format!("{}/npm{}", proxyd.url(), NpmRegistry::tarball_path(p))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_make_one_upstream_request() {
+    let pkg = Package::new("popular", "1.0.0").padded(2_000_000);
+    let (registry, proxyd) = start(std::slice::from_ref(&pkg), "").await;
+    // Slow upstream, so all fifty arrive while the fetch is in flight.
+    registry.set_fault(
+        &NpmRegistry::tarball_path(&pkg),
+        Fault::Delay(Duration::from_millis(300)),
+    );
+    let expected = registry.tarball(&pkg);
+    let url = tarball_url(&proxyd, &pkg);
+    let client = client();
+    let requests = (0..50).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let resp = client.get(&url).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.unwrap()
+        })
+    });
+    for body in futures::future::join_all(requests).await {
+        assert_eq!(body.unwrap(), expected);
+    }
+    assert_eq!(
+        registry.hits(&NpmRegistry::tarball_path(&pkg)),
+        1,
+        "one upstream request for 50 clients"
+    );
+    let m = proxyd.metrics().await;
+    assert_eq!(
+        metric(&m, "proxyd_cache_misses_total", &[("ecosystem", "npm")]),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_mismatch_is_refused_and_not_cached() {
+    let pkg = Package::new("tampered", "1.0.0").padded(200_000);
+    let (registry, proxyd) = start(std::slice::from_ref(&pkg), "").await;
+    registry.set_fault(&NpmRegistry::tarball_path(&pkg), Fault::Corrupt);
+    let resp = client()
+        .get(tarball_url(&proxyd, &pkg))
+        .send()
+        .await
+        .unwrap();
+    let body = resp.bytes().await;
+    assert!(
+        body.is_err() || body.unwrap().len() < registry.tarball(&pkg).len(),
+        "never a clean full body"
+    );
+    let stats: serde_json::Value = reqwest::get(format!("{}/stats", proxyd.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["cached_artifacts"], 0, "nothing committed");
+    assert!(
+        files_under(&proxyd.artifacts_dir()).is_empty(),
+        "nothing stored, not even a temporary file"
+    );
+    let m = proxyd.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "proxyd_upstream_errors_total",
+            &[("ecosystem", "npm"), ("kind", "artifact")]
+        ) >= 1.0
+    );
+    assert!(
+        proxyd
+            .log()
+            .contains("does not match its declared sha512 digest")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_upstream_connection_aborts_the_client_and_caches_nothing() {
+    let pkg = Package::new("flaky", "1.0.0").padded(300_000);
+    let (registry, proxyd) = start(std::slice::from_ref(&pkg), "").await;
+    registry.set_fault(&NpmRegistry::tarball_path(&pkg), Fault::DropMidBody);
+    let resp = client().get(tarball_url(&proxyd, &pkg)).send().await;
+    let complete = match resp {
+        Ok(r) => r
+            .bytes()
+            .await
+            .map(|b| b.len() == registry.tarball(&pkg).len())
+            .unwrap_or(false),
+        Err(_) => false,
+    };
+    assert!(!complete, "a broken download must not look complete");
+    let stats: serde_json::Value = reqwest::get(format!("{}/stats", proxyd.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["cached_artifacts"], 0);
+    // Once upstream behaves, the artifact is fetched and cached.
+    registry.set_fault(
+        &NpmRegistry::tarball_path(&pkg),
+        Fault::Delay(Duration::ZERO),
+    );
+    let body = client()
+        .get(tarball_url(&proxyd, &pkg))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, registry.tarball(&pkg));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_deleted_behind_proxyds_back_is_fetched_again() {
+    let pkg = Package::new("vanishing", "1.0.0");
+    let (registry, proxyd) = start(std::slice::from_ref(&pkg), "").await;
+    let url = tarball_url(&proxyd, &pkg);
+    assert_eq!(
+        client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        registry.tarball(&pkg)
+    );
+    let stored = proxyd
+        .artifacts_dir()
+        .join("npm/vanishing/-/vanishing-1.0.0.tgz");
+    std::fs::remove_file(&stored).unwrap();
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), registry.tarball(&pkg));
+    assert_eq!(
+        registry.hits(&NpmRegistry::tarball_path(&pkg)),
+        2,
+        "fetched again after the deletion"
+    );
+    assert!(stored.exists(), "stored again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_honours_range_and_conditionals() {
+    let pkg = Package::new("ranged", "1.0.0").padded(50_000);
+    let (registry, proxyd) = start(std::slice::from_ref(&pkg), "").await;
+    let url = tarball_url(&proxyd, &pkg);
+    let full = registry.tarball(&pkg);
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap(); // miss
+    let hit = client().get(&url).send().await.unwrap();
+    assert_eq!(hit.status(), 200);
+    let etag = hit.headers()["etag"].to_str().unwrap().to_owned();
+    let last_modified = hit.headers()["last-modified"].to_str().unwrap().to_owned();
+    assert_eq!(
+        hit.headers()["content-length"].to_str().unwrap(),
+        full.len().to_string()
+    );
+    assert_eq!(hit.headers()["content-type"], "application/octet-stream");
+    assert_eq!(
+        hit.headers()["content-disposition"],
+        "attachment; filename=\"ranged-1.0.0.tgz\""
+    );
+
+    let part = client()
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 10-19/{}", full.len())
+    );
+    assert_eq!(part.bytes().await.unwrap(), full.slice(10..20));
+    let bad = client()
+        .get(&url)
+        .header("range", format!("bytes={}-", full.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 416);
+    let cond = client()
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cond.status(), 304);
+    let since = client()
+        .get(&url)
+        .header("if-modified-since", &last_modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(since.status(), 304);
+
+    // Packuments honour If-None-Match too.
+    let doc_url = format!("{}/npm/ranged", proxyd.url());
+    let doc = client().get(&doc_url).send().await.unwrap();
+    let doc_etag = doc.headers()["etag"].to_str().unwrap().to_owned();
+    let json: serde_json::Value = doc.json().await.unwrap();
+    assert_eq!(json["versions"]["1.0.0"]["dist"]["tarball"], url);
+    let again = client()
+        .get(&doc_url)
+        .header("if-none-match", doc_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_never_reach_upstream() {
+    let pkg = Package::new("fine", "1.0.0");
+    let (registry, proxyd) = start(std::slice::from_ref(&pkg), "").await;
+    let c = client();
+    for (path, status) in [
+        ("/npm/..%2f..%2fetc%2fpasswd", 400),
+        ("/npm/.hidden", 400),
+        ("/npm/a%20b", 400),
+        ("/npm/fine/-/..%2fx.tgz", 400),
+        ("/npm/fine/-/fine-1.0.0.zip", 400),
+        ("/npm/@a/b/c", 400),
+        ("/npm/fine/-/.x.tgz", 400),
+        ("/npm/a%2e%2eb", 400),
+        ("/unknown/thing", 404),
+    ] {
+        let resp = c
+            .get(format!("{}{path}", proxyd.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        let text = resp.text().await.unwrap();
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "one-line reason for {path}: {text:?}"
+        );
+    }
+    let post = c
+        .post(format!("{}/npm/fine", proxyd.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(registry.total_hits(), 0, "nothing reached upstream");
+    // A tarball no version of the package has: 404 after one packument lookup, no download.
+    let resp = c
+        .get(format!("{}/npm/fine/-/fine-9.9.9.tgz", proxyd.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(registry.hits("/fine/-/fine-9.9.9.tgz"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecosystem_without_upstream_answers_503_naming_the_setting() {
+    let proxyd = ProxydProcess::start(BIN, "", &[]);
+    let resp = reqwest::get(format!("{}/npm/lodash", proxyd.url()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.text().await.unwrap().contains("upstream.npm"));
+    let health: serde_json::Value = reqwest::get(format!("{}/health", proxyd.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly_and_flushes_hits() {
+    let pkg = Package::new("counted", "1.0.0");
+    let (_registry, mut proxyd) = start(std::slice::from_ref(&pkg), "").await;
+    let url = tarball_url(&proxyd, &pkg);
+    for _ in 0..3 {
+        client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let status = proxyd.stop();
+    assert!(
+        status.success(),
+        "exit 0 after SIGTERM: {status}\n{}",
+        proxyd.log()
+    );
+    use proxyd_cache::Index;
+    let index = proxyd_cache::SqliteIndex::open(&proxyd.dir().join("proxyd.db")).unwrap();
+    let records = index.load_all().await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0].hit_count, 2,
+        "hits flushed at shutdown (first request was the miss)"
+    );
+}
+
+#[test]
+fn check_config_names_every_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "lisen: x\nstorage:\n  direct_serve: maybe\n  max_size: lots\nupstream:\n  nmp: http://x\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "lisen",
+        "storage.direct_serve",
+        "storage.max_size",
+        "upstream.nmp",
+    ] {
+        assert!(err.contains(key), "{key} not named in:\n{err}");
+    }
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "upstream:\n  npm: http://u:secret@127.0.0.1:1/\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("upstream.npm = http://<redacted>@127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"));
+}
