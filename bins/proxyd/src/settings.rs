@@ -8,7 +8,7 @@ use std::time::Duration;
 use config::{Config, File, FileFormat, Value, ValueKind};
 
 /// Ecosystems proxyd knows; each has `upstream.<name>` and `ecosystems.<name>.direct_serve`.
-pub(crate) const ECOSYSTEMS: &[&str] = &["npm"];
+pub(crate) const ECOSYSTEMS: &[&str] = &["npm", "pypi", "cargo"];
 
 /// The effective settings.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,6 @@
+#![doc = include_str!("../README.md")]
+
+mod handler;
+mod index;
+
+pub use handler::{CargoConfig, CargoRegistry};

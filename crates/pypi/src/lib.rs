@@ -1,0 +1,7 @@
+#![doc = include_str!("../README.md")]
+
+mod handler;
+mod name;
+mod simple;
+
+pub use handler::{PyPi, PyPiConfig};
