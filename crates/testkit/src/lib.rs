@@ -5,6 +5,7 @@ pub mod conformance;
 pub mod emulators;
 pub mod forward;
 pub mod npm_registry;
+pub mod static_server;
 pub mod proxyd;
 
 use std::path::PathBuf;

@@ -1,0 +1,168 @@
+//! A static HTTP server on 127.0.0.1 for test upstreams: fixed bodies per path, ETag and
+//! If-None-Match, request counting, and faults.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the server does wrong on purpose for one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Serve the body with one byte flipped (its digest no longer matches).
+    Corrupt,
+    /// Announce the full length, send half, then close the connection.
+    DropMidBody,
+    /// Wait before answering.
+    Delay(Duration),
+    /// Answer 503.
+    Unavailable,
+}
+
+#[derive(Default)]
+struct State {
+    routes: HashMap<String, (Bytes, String)>,
+    faults: HashMap<String, Fault>,
+    hits: HashMap<String, usize>,
+}
+
+/// The server. Stops when dropped.
+pub struct StaticServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl StaticServer {
+    /// Start on a free port with no routes.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(respond(&state, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serve `body` at `path` (decoded, `%2f` as `/`).
+    pub fn put(&self, path: &str, body: impl Into<Bytes>, content_type: &str) {
+        self.state.lock().unwrap().routes.insert(path.to_owned(), (body.into(), content_type.to_owned()));
+    }
+
+    /// The body at `path`.
+    pub fn get(&self, path: &str) -> Option<Bytes> {
+        self.state.lock().unwrap().routes.get(path).map(|(b, _)| b.clone())
+    }
+
+    /// Misbehave on `path` from now on.
+    pub fn set_fault(&self, path: &str, fault: Fault) {
+        self.state.lock().unwrap().faults.insert(path.to_owned(), fault);
+    }
+
+    /// Requests received for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.state.lock().unwrap().hits.get(path).copied().unwrap_or(0)
+    }
+
+    /// Every request received.
+    pub fn total_hits(&self) -> usize {
+        self.state.lock().unwrap().hits.values().sum()
+    }
+
+    /// Paths requested so far, with counts.
+    pub fn requests(&self) -> HashMap<String, usize> {
+        self.state.lock().unwrap().hits.clone()
+    }
+
+    /// Stop answering (connections are refused from now on).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|n| match n {}).boxed_unsync());
+    *r.status_mut() = status;
+    r
+}
+
+async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().replace("%2f", "/").replace("%2F", "/");
+    let (fault, route) = {
+        let mut s = state.lock().unwrap();
+        *s.hits.entry(path.clone()).or_default() += 1;
+        (s.faults.get(&path).copied(), s.routes.get(&path).cloned())
+    };
+    match fault {
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Unavailable) => return full(StatusCode::SERVICE_UNAVAILABLE, "down"),
+        _ => {}
+    }
+    let Some((body, content_type)) = route else { return full(StatusCode::NOT_FOUND, "not found") };
+    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..8]));
+    if req.headers().get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        let mut r = full(StatusCode::NOT_MODIFIED, Bytes::new());
+        r.headers_mut().insert("etag", etag.parse().unwrap());
+        return r;
+    }
+    let mut response = match fault {
+        Some(Fault::Corrupt) => {
+            let mut bytes = body.to_vec();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x55;
+            full(StatusCode::OK, bytes)
+        }
+        Some(Fault::DropMidBody) => {
+            let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(body.slice(..body.len() / 2))),
+                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "dropped")),
+            ];
+            let mut r = Response::new(StreamBody::new(futures::stream::iter(chunks)).boxed_unsync());
+            r.headers_mut().insert("content-length", body.len().into());
+            r
+        }
+        _ => full(StatusCode::OK, body),
+    };
+    response.headers_mut().insert("content-type", content_type.parse().unwrap());
+    response.headers_mut().insert("etag", etag.parse().unwrap());
+    response
+}
