@@ -202,13 +202,24 @@ async fn serve(settings: Settings, env: &HashMap<String, String>) -> anyhow::Res
             );
             continue;
         };
-        if *eco == "npm" {
-            let config = proxyd_npm::NpmConfig {
-                upstream: upstream_url.clone(),
-                base_url: settings.base_url.clone(),
-            };
-            ecosystems.push(Arc::new(proxyd_npm::Npm::new(config, metadata.clone())));
-        }
+        let (upstream, base_url) = (upstream_url.clone(), settings.base_url.clone());
+        let handler: Arc<dyn Ecosystem> = match *eco {
+            "npm" => Arc::new(proxyd_npm::Npm::new(
+                proxyd_npm::NpmConfig { upstream, base_url },
+                metadata.clone(),
+            )),
+            "pypi" => Arc::new(proxyd_pypi::PyPi::new(
+                proxyd_pypi::PyPiConfig { upstream, base_url },
+                metadata.clone(),
+            )),
+            "cargo" => Arc::new(proxyd_cargo::CargoRegistry::new(
+                proxyd_cargo::CargoConfig { upstream, base_url },
+                metadata.clone(),
+            )),
+            other => anyhow::bail!("no handler for ecosystem {other}"),
+        };
+        tracing::info!(ecosystem = eco, upstream = %settings::redact_url(upstream_url), "ecosystem enabled");
+        ecosystems.push(handler);
     }
 
     let front_settings = FrontSettings {

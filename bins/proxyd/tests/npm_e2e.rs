@@ -5,12 +5,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use proxyd_testkit::emulators::{Azurite, S3sFs};
-use proxyd_testkit::forward::TcpForwarder;
+mod common;
+
+use common::{BIN, Backend, storage};
 use proxyd_testkit::npm_registry::{NpmRegistry, Package};
 use proxyd_testkit::proxyd::{ProxydProcess, metric};
-
-const BIN: &str = env!("CARGO_BIN_EXE_proxyd");
 
 fn packages() -> Vec<Package> {
     vec![
@@ -78,18 +77,12 @@ async fn npm_install_async(registry: String) {
         .unwrap();
 }
 
-struct Case {
-    storage_yaml: String,
-    env: Vec<(&'static str, String)>,
-    expect_redirects: bool,
-    public_base: Option<String>,
-}
-
-async fn install_cycle(case: Case) {
+async fn install_cycle(backend: Backend, with_public_base: bool) {
+    let case = storage(backend, with_public_base).await;
     let registry = NpmRegistry::start(&packages()).await;
     let config = format!(
         "{}metadata_ttl: 1s\nupstream:\n  npm: {}\n",
-        case.storage_yaml,
+        case.yaml,
         registry.url()
     );
     let proxyd = ProxydProcess::start(BIN, &config, &case.env);
@@ -124,7 +117,7 @@ async fn install_cycle(case: Case) {
         &[("ecosystem", "npm"), ("outcome", "redirect")],
     );
     let active = metric(&m, "proxyd_direct_serve_active", &[]);
-    if case.expect_redirects {
+    if case.redirects {
         assert!(
             redirects >= 4.0,
             "cached tarballs are redirected:\n{m}\n{}",
@@ -155,7 +148,7 @@ async fn install_cycle(case: Case) {
         NpmRegistry::tarball_path(&packages()[1])
     );
     let resp = client.get(&url).send().await.unwrap();
-    if case.expect_redirects {
+    if case.redirects {
         assert_eq!(resp.status(), 302);
         let location = resp.headers()["location"].to_str().unwrap().to_owned();
         let cc = resp.headers()["cache-control"].to_str().unwrap();
@@ -198,88 +191,25 @@ async fn install_cycle(case: Case) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_installs_through_filesystem_storage() {
-    install_cycle(Case {
-        storage_yaml: String::new(),
-        env: vec![],
-        expect_redirects: false,
-        public_base: None,
-    })
-    .await;
-}
-
-fn s3_case(server: &S3sFs, bucket: &str, public_base: Option<String>) -> Case {
-    server.create_bucket(bucket);
-    let mut yaml = format!(
-        "storage:\n  url: \"s3://{bucket}?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n  direct_serve: true\n",
-        server.endpoint()
-    );
-    if let Some(base) = &public_base {
-        yaml.push_str(&format!("  direct_serve_base_url: {base}\n"));
-    }
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID", S3sFs::ACCESS_KEY.to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", S3sFs::SECRET_KEY.to_owned()),
-    ];
-    Case {
-        storage_yaml: yaml,
-        env,
-        expect_redirects: true,
-        public_base,
-    }
+    install_cycle(Backend::Fs, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_installs_through_s3_with_direct_serve() {
-    let server = S3sFs::start();
-    install_cycle(s3_case(&server, "npm-cache", None)).await;
+    install_cycle(Backend::S3, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_installs_through_s3_with_public_base_url() {
-    let server = S3sFs::start();
-    let forwarder = TcpForwarder::start(([127, 0, 0, 1], server.port()).into()).await;
-    install_cycle(s3_case(&server, "npm-public", Some(forwarder.base_url()))).await;
-}
-
-async fn azure_case(emulator: &Azurite, container: &str, public_base: Option<String>) -> Case {
-    let location = azure_storage::CloudLocation::Custom {
-        account: Azurite::ACCOUNT.into(),
-        uri: emulator.account_endpoint(),
-    };
-    let creds = azure_storage::StorageCredentials::access_key(Azurite::ACCOUNT, Azurite::KEY);
-    azure_storage_blobs::prelude::ClientBuilder::with_location(location, creds)
-        .container_client(container)
-        .create()
-        .await
-        .unwrap();
-    let mut yaml = format!(
-        "storage:\n  url: \"azblob://{container}?protocol=http&domain={}&localemu=true\"\n  direct_serve: true\n",
-        emulator.domain()
-    );
-    if let Some(base) = &public_base {
-        yaml.push_str(&format!("  direct_serve_base_url: {base}\n"));
-    }
-    let env = vec![
-        ("AZURE_STORAGE_ACCOUNT", Azurite::ACCOUNT.to_owned()),
-        ("AZURE_STORAGE_KEY", Azurite::KEY.to_owned()),
-    ];
-    Case {
-        storage_yaml: yaml,
-        env,
-        expect_redirects: true,
-        public_base,
-    }
+    install_cycle(Backend::S3, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_installs_through_azure_with_direct_serve() {
-    let emulator = Azurite::start();
-    install_cycle(azure_case(&emulator, "npm-cache", None).await).await;
+    install_cycle(Backend::Azure, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_installs_through_azure_with_public_base_url() {
-    let emulator = Azurite::start();
-    let forwarder = TcpForwarder::start(([127, 0, 0, 1], emulator.port()).into()).await;
-    install_cycle(azure_case(&emulator, "npm-public", Some(forwarder.base_url())).await).await;
+    install_cycle(Backend::Azure, true).await;
 }

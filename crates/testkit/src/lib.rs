@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![allow(clippy::unwrap_used, missing_docs)] // test support: failing loudly is the point
 
+pub mod cargo_registry;
 pub mod conformance;
 pub mod emulators;
 pub mod forward;
 pub mod npm_registry;
-pub mod static_server;
 pub mod proxyd;
+pub mod pypi_registry;
+pub mod static_server;
 
 use std::path::PathBuf;
 

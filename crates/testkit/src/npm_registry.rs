@@ -97,7 +97,10 @@ pub struct NpmRegistry {
 impl NpmRegistry {
     /// Start with `packages` published.
     pub async fn start(packages: &[Package]) -> Self {
-        let registry = Self { server: StaticServer::start().await, packuments: Mutex::new(HashMap::new()) };
+        let registry = Self {
+            server: StaticServer::start().await,
+            packuments: Mutex::new(HashMap::new()),
+        };
         for p in packages {
             registry.publish(p);
         }
@@ -118,18 +121,25 @@ impl NpmRegistry {
             base64::engine::general_purpose::STANDARD.encode(Sha512::digest(&tarball))
         );
         let shasum = hex::encode(Sha1::digest(&tarball));
-        let deps: serde_json::Map<String, serde_json::Value> =
-            package.dependencies.iter().map(|(n, r)| (n.clone(), r.clone().into())).collect();
+        let deps: serde_json::Map<String, serde_json::Value> = package
+            .dependencies
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone().into()))
+            .collect();
         let mut packuments = self.packuments.lock().unwrap();
-        let doc = packuments.entry(package.name.clone()).or_insert_with(|| {
-            serde_json::json!({"name": package.name, "dist-tags": {}, "versions": {}})
-        });
+        let doc = packuments.entry(package.name.clone()).or_insert_with(
+            || serde_json::json!({"name": package.name, "dist-tags": {}, "versions": {}}),
+        );
         doc["versions"][&package.version] = serde_json::json!({
             "name": package.name, "version": package.version, "dependencies": deps,
             "dist": {"tarball": format!("{}{path}", self.url()), "integrity": integrity, "shasum": shasum},
         });
         doc["dist-tags"]["latest"] = package.version.clone().into();
-        self.server.put(&format!("/{}", package.name), doc.to_string(), "application/json");
+        self.server.put(
+            &format!("/{}", package.name),
+            doc.to_string(),
+            "application/json",
+        );
         self.server.put(&path, tarball, "application/octet-stream");
     }
 

@@ -54,7 +54,9 @@ impl StaticServer {
         let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -77,22 +79,41 @@ impl StaticServer {
 
     /// Serve `body` at `path` (decoded, `%2f` as `/`).
     pub fn put(&self, path: &str, body: impl Into<Bytes>, content_type: &str) {
-        self.state.lock().unwrap().routes.insert(path.to_owned(), (body.into(), content_type.to_owned()));
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .insert(path.to_owned(), (body.into(), content_type.to_owned()));
     }
 
     /// The body at `path`.
     pub fn get(&self, path: &str) -> Option<Bytes> {
-        self.state.lock().unwrap().routes.get(path).map(|(b, _)| b.clone())
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .get(path)
+            .map(|(b, _)| b.clone())
     }
 
     /// Misbehave on `path` from now on.
     pub fn set_fault(&self, path: &str, fault: Fault) {
-        self.state.lock().unwrap().faults.insert(path.to_owned(), fault);
+        self.state
+            .lock()
+            .unwrap()
+            .faults
+            .insert(path.to_owned(), fault);
     }
 
     /// Requests received for `path`.
     pub fn hits(&self, path: &str) -> usize {
-        self.state.lock().unwrap().hits.get(path).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every request received.
@@ -120,7 +141,11 @@ impl Drop for StaticServer {
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|n| match n {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
     r
 }
@@ -137,9 +162,16 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
         Some(Fault::Unavailable) => return full(StatusCode::SERVICE_UNAVAILABLE, "down"),
         _ => {}
     }
-    let Some((body, content_type)) = route else { return full(StatusCode::NOT_FOUND, "not found") };
+    let Some((body, content_type)) = route else {
+        return full(StatusCode::NOT_FOUND, "not found");
+    };
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..8]));
-    if req.headers().get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    if req
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
         let mut r = full(StatusCode::NOT_MODIFIED, Bytes::new());
         r.headers_mut().insert("etag", etag.parse().unwrap());
         return r;
@@ -154,15 +186,21 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
         Some(Fault::DropMidBody) => {
             let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
                 Ok(Frame::data(body.slice(..body.len() / 2))),
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "dropped")),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "dropped",
+                )),
             ];
-            let mut r = Response::new(StreamBody::new(futures::stream::iter(chunks)).boxed_unsync());
+            let mut r =
+                Response::new(StreamBody::new(futures::stream::iter(chunks)).boxed_unsync());
             r.headers_mut().insert("content-length", body.len().into());
             r
         }
         _ => full(StatusCode::OK, body),
     };
-    response.headers_mut().insert("content-type", content_type.parse().unwrap());
+    response
+        .headers_mut()
+        .insert("content-type", content_type.parse().unwrap());
     response.headers_mut().insert("etag", etag.parse().unwrap());
     response
 }
