@@ -1,11 +1,10 @@
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use proxyd_cache::{ArtifactSpec, Document, ExpectedDigest, FetchFailure};
 use proxyd_ecosystem::{
-    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache, Reply,
-    UpstreamError,
+    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache,
+    RenderCache, Reply, UpstreamError,
 };
 use proxyd_storage_core::ObjectKey;
 use sha2::{Digest, Sha256};
@@ -29,7 +28,7 @@ pub struct CargoRegistry {
     upstream: String,
     metadata: Arc<MetadataCache>,
     config_json: DocumentReply,
-    replies: Mutex<HashMap<String, (Arc<Document>, DocumentReply)>>,
+    rendered: RenderCache<String>,
 }
 
 fn failure(err: &UpstreamError) -> FetchFailure {
@@ -46,12 +45,10 @@ fn etag_of(body: &[u8]) -> String {
 impl CargoRegistry {
     /// A handler for the sparse index at `config.upstream`.
     pub fn new(config: CargoConfig, metadata: Arc<MetadataCache>) -> Self {
-        let upstream = config
-            .upstream
-            .strip_prefix("sparse+")
-            .unwrap_or(&config.upstream);
+        let CargoConfig { upstream, base_url } = config;
+        let upstream = upstream.strip_prefix("sparse+").unwrap_or(&upstream);
         let upstream = upstream.trim_end_matches('/').to_owned();
-        let base_url = config.base_url.trim_end_matches('/').to_owned();
+        let base_url = base_url.trim_end_matches('/').to_owned();
         let body = Bytes::from(
             serde_json::json!({ "dl": format!("{base_url}/cargo/crates/{{crate}}/{{version}}/download") })
                 .to_string(),
@@ -67,7 +64,7 @@ impl CargoRegistry {
             upstream,
             metadata,
             config_json,
-            replies: Mutex::new(HashMap::new()),
+            rendered: RenderCache::default(),
         }
     }
 
@@ -94,29 +91,20 @@ impl CargoRegistry {
             Ok(found) => found,
             Err(f) => return Reply::Error(f.status, f.message),
         };
-        let key = name.to_ascii_lowercase();
-        let cached = self
-            .replies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        let mut reply = match cached {
-            Some((source, reply)) if Arc::ptr_eq(&source, &doc) => reply,
-            _ => {
-                let reply = DocumentReply {
+        let rendered = self
+            .rendered
+            .get_or_render(name.to_ascii_lowercase(), &doc, |doc| {
+                Ok(DocumentReply {
                     content_type: INDEX_CONTENT_TYPE,
                     etag: etag_of(&doc.body),
                     body: doc.body.clone(),
                     max_age: 0,
                     stale: false,
-                };
-                self.replies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (doc.clone(), reply.clone()));
-                reply
-            }
+                })
+            });
+        let mut reply = match rendered {
+            Ok(reply) => reply,
+            Err(err) => return Reply::Error(502, err),
         };
         reply.stale = freshness == Freshness::Stale;
         Reply::Document(reply)

@@ -2,9 +2,11 @@
 
 mod metadata;
 pub mod names;
+mod render;
 mod reply;
 mod upstream;
 
 pub use metadata::{Freshness, MetadataCache};
+pub use render::RenderCache;
 pub use reply::{ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Reply, Resolver};
 pub use upstream::{Upstream, UpstreamError, UpstreamResponse};

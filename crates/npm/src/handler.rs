@@ -1,12 +1,11 @@
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use proxyd_cache::{ArtifactSpec, Document, FetchFailure};
+use proxyd_cache::{ArtifactSpec, FetchFailure};
 use proxyd_ecosystem::names::{decode_slashes_only, is_safe_file_name};
 use proxyd_ecosystem::{
-    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache, Reply,
-    UpstreamError,
+    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache,
+    RenderCache, Reply, UpstreamError,
 };
 use proxyd_storage_core::ObjectKey;
 use sha2::{Digest, Sha256};
@@ -33,7 +32,7 @@ pub struct NpmConfig {
 pub struct Npm {
     config: NpmConfig,
     metadata: Arc<MetadataCache>,
-    rewritten: Mutex<HashMap<String, (Arc<Document>, DocumentReply)>>,
+    rendered: RenderCache<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -78,7 +77,7 @@ impl Npm {
         Self {
             config,
             metadata,
-            rewritten: Mutex::new(HashMap::new()),
+            rendered: RenderCache::default(),
         }
     }
 
@@ -97,33 +96,20 @@ impl Npm {
             Ok(found) => found,
             Err(err) => return upstream_failure(&err),
         };
-        let cached = self
-            .rewritten
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        let mut reply = match cached {
-            Some((source, reply)) if Arc::ptr_eq(&source, &doc) || source.body == doc.body => reply,
-            _ => {
-                let body = match rewrite_packument(&doc.body, name, &self.config.base_url) {
-                    Ok(body) => Bytes::from(body),
-                    Err(err) => return Reply::Error(502, err),
-                };
-                let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
-                let reply = DocumentReply {
-                    content_type: variant.content_type(),
-                    body,
-                    etag,
-                    max_age: 60,
-                    stale: false,
-                };
-                self.rewritten
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (doc.clone(), reply.clone()));
-                reply
-            }
+        let rendered = self.rendered.get_or_render(key, &doc, |doc| {
+            let body = Bytes::from(rewrite_packument(&doc.body, name, &self.config.base_url)?);
+            let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
+            Ok(DocumentReply {
+                content_type: variant.content_type(),
+                body,
+                etag,
+                max_age: 60,
+                stale: false,
+            })
+        });
+        let mut reply = match rendered {
+            Ok(reply) => reply,
+            Err(err) => return Reply::Error(502, err),
         };
         reply.stale = freshness == Freshness::Stale;
         Reply::Document(reply)

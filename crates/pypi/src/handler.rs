@@ -1,12 +1,11 @@
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use proxyd_cache::{ArtifactSpec, Document, ExpectedDigest, FetchFailure};
 use proxyd_ecosystem::names::is_safe_file_name;
 use proxyd_ecosystem::{
-    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache, Reply,
-    UpstreamError,
+    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache,
+    RenderCache, Reply, UpstreamError,
 };
 use proxyd_storage_core::ObjectKey;
 use sha2::{Digest, Sha256};
@@ -76,7 +75,7 @@ fn negotiate(accept: Option<&str>) -> Option<Format> {
 pub struct PyPi {
     config: PyPiConfig,
     metadata: Arc<MetadataCache>,
-    rendered: Mutex<HashMap<(String, Format), (Arc<Document>, DocumentReply)>>,
+    rendered: RenderCache<(String, Format)>,
 }
 
 fn upstream_failure(err: &UpstreamError) -> FetchFailure {
@@ -94,7 +93,7 @@ impl PyPi {
         Self {
             config,
             metadata,
-            rendered: Mutex::new(HashMap::new()),
+            rendered: RenderCache::default(),
         }
     }
 
@@ -141,39 +140,27 @@ impl PyPi {
             Ok(found) => found,
             Err(f) => return Reply::Error(f.status, f.message),
         };
-        let cache_key = (project.to_owned(), format);
-        let cached = self
+        let rendered = self
             .rendered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&cache_key)
-            .cloned();
-        let mut reply = match cached {
-            Some((source, reply)) if Arc::ptr_eq(&source, &doc) || source.body == doc.body => reply,
-            _ => {
-                let page = match self.parse(project, &doc) {
-                    Ok(page) => page,
-                    Err(f) => return Reply::Error(f.status, f.message),
-                };
+            .get_or_render((project.to_owned(), format), &doc, |doc| {
+                let page = self.parse(project, doc).map_err(|f| f.message)?;
                 let (content_type, body) = match format {
                     Format::Json => (JSON, render_json(&page, project, &self.config.base_url)),
                     Format::Html(ct) => (ct, render_html(&page, project, &self.config.base_url)),
                 };
                 let body = Bytes::from(body);
                 let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
-                let reply = DocumentReply {
+                Ok(DocumentReply {
                     content_type,
                     body,
                     etag,
                     max_age: 60,
                     stale: false,
-                };
-                self.rendered
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(cache_key, (doc.clone(), reply.clone()));
-                reply
-            }
+                })
+            });
+        let mut reply = match rendered {
+            Ok(reply) => reply,
+            Err(err) => return Reply::Error(502, err),
         };
         reply.stale = freshness == Freshness::Stale;
         Reply::Document(reply)
