@@ -1,0 +1,470 @@
+//! proxyd-bench: scenarios from docs/performance.md, each measured against a reference in the
+//! same run, printed as a table and written as markdown.
+
+mod peers;
+mod procs;
+mod stub;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::StreamExt;
+use peers::Env;
+use procs::wrk;
+use stub::{Shape, Stub, bytes_of};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One line of the table.
+struct Row {
+    scenario: String,
+    proxyd: String,
+    reference: String,
+    ratio: Option<f64>,
+    target: String,
+    pass: Option<bool>,
+}
+
+impl Row {
+    fn ratio(scenario: &str, proxyd: f64, reference: f64, unit: &str, min: Option<f64>) -> Self {
+        let ratio = if reference > 0.0 {
+            proxyd / reference
+        } else {
+            0.0
+        };
+        Self {
+            scenario: scenario.into(),
+            proxyd: format!("{proxyd:.0} {unit}"),
+            reference: format!("{reference:.0} {unit}"),
+            ratio: Some(ratio),
+            target: min.map_or("report".into(), |m| format!(">= {m}")),
+            pass: min.map(|m| ratio >= m),
+        }
+    }
+
+    fn absolute(scenario: &str, value: String, target: &str, pass: bool) -> Self {
+        Self {
+            scenario: scenario.into(),
+            proxyd: value,
+            reference: "-".into(),
+            ratio: None,
+            target: target.into(),
+            pass: Some(pass),
+        }
+    }
+}
+
+struct Args {
+    proxyd: PathBuf,
+    tools: PathBuf,
+    seconds: u32,
+    markdown: Option<PathBuf>,
+    only: Option<Vec<u32>>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut out = Args {
+        proxyd: PathBuf::new(),
+        tools: PathBuf::new(),
+        seconds: 10,
+        markdown: None,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().context("missing value");
+        match a.as_str() {
+            "--proxyd" => out.proxyd = value()?.into(),
+            "--tools" => out.tools = value()?.into(),
+            "--seconds" => out.seconds = value()?.parse()?,
+            "--markdown" => out.markdown = Some(value()?.into()),
+            "--only" => {
+                out.only = Some(value()?.split(',').filter_map(|s| s.parse().ok()).collect())
+            }
+            other => anyhow::bail!("unknown argument {other}; see scripts/bench"),
+        }
+    }
+    anyhow::ensure!(out.proxyd.exists(), "--proxyd must name the release binary");
+    Ok(out)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let env = Env {
+        proxyd: args.proxyd.clone(),
+        s3s_fs: args.tools.join("s3s-fs/bin/s3s-fs"),
+        tools: args.tools.clone(),
+        work: tempfile::tempdir()?,
+    };
+    let wanted = |n: u32| args.only.as_ref().is_none_or(|o| o.contains(&n));
+    let mut rows = Vec::new();
+    let s = args.seconds;
+    if wanted(1) {
+        rows.extend(small_hits(&env, s).await?);
+    }
+    if wanted(2) {
+        rows.push(large_hits(&env, s).await?);
+    }
+    if wanted(3) {
+        rows.push(redirects(&env, s).await?);
+    }
+    if wanted(4) {
+        rows.extend(memory(&env, s).await?);
+    }
+    if wanted(5) {
+        rows.extend(coalescing(&env).await?);
+    }
+    if wanted(6) {
+        rows.extend(metadata(&env, s).await?);
+    }
+    let table = render(&rows);
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{table}");
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &table)?;
+    }
+    Ok(())
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | proxyd | reference | ratio | target | result |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let ratio = r.ratio.map_or("-".into(), |x| format!("{x:.2}"));
+        let result = match r.pass {
+            Some(true) => "pass",
+            Some(false) => "short",
+            None => "-",
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {ratio} | {} | {result} |\n",
+            r.scenario, r.proxyd, r.reference, r.target
+        ));
+    }
+    out
+}
+
+async fn get_all(url: &str) -> anyhow::Result<Bytes> {
+    let resp = reqwest::get(url).await?;
+    anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    Ok(resp.bytes().await?)
+}
+
+fn npm_yaml(stub: &Stub) -> String {
+    format!("upstream:\n  npm: {}\n", stub.url())
+}
+
+/// Write `bytes` where nginx serves `path`.
+fn place(root: &std::path::Path, path: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let file = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(file.parent().context("parent")?)?;
+    std::fs::write(file, bytes)?;
+    Ok(())
+}
+
+/// 1. Cache hit, 10 KiB, streamed from filesystem storage, 64 connections.
+async fn small_hits(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
+    let stub = Stub::start(Shape::default()).await;
+    let tarball = bytes_of(10 * 1024, 1);
+    stub.publish_npm("small", &[("1.0.0".into(), tarball.clone())], 0);
+    let path = "/small/-/small-1.0.0.tgz";
+    let proxyd = env.proxyd(&npm_yaml(&stub), &[])?;
+    let url = format!("{}/npm{path}", proxyd.url());
+    get_all(&url).await?;
+    let root = tempfile::tempdir()?;
+    place(root.path(), path, &tarball)?;
+    let nginx = env.nginx(root.path(), "")?;
+    let p = wrk(&url, 64, s, &[])?;
+    let n = wrk(&format!("{}{path}", nginx.url()), 64, s, &[])?;
+    drop(nginx);
+    let verdaccio = env.verdaccio(&stub.url(), "2m")?;
+    let vurl = format!("{}{path}", verdaccio.url());
+    get_all(&format!("{}/small", verdaccio.url())).await?;
+    get_all(&vurl).await?;
+    let v = wrk(&vurl, 64, s, &[])?;
+    Ok(vec![
+        Row::ratio(
+            "1. small hit (10 KiB), fs, 64 conns, req/s vs nginx",
+            p.requests_per_sec,
+            n.requests_per_sec,
+            "req/s",
+            Some(0.8),
+        ),
+        Row::ratio(
+            "1b. small hit vs verdaccio's cached copy",
+            p.requests_per_sec,
+            v.requests_per_sec,
+            "req/s",
+            None,
+        ),
+    ])
+}
+
+/// 2. Cache hit, 64 MiB, streamed, 8 clients: throughput.
+async fn large_hits(env: &Env, s: u32) -> anyhow::Result<Row> {
+    let stub = Stub::start(Shape::default()).await;
+    let tarball = bytes_of(64 << 20, 2);
+    stub.publish_npm("large", &[("1.0.0".into(), tarball.clone())], 0);
+    let path = "/large/-/large-1.0.0.tgz";
+    let proxyd = env.proxyd(&npm_yaml(&stub), &[])?;
+    let url = format!("{}/npm{path}", proxyd.url());
+    get_all(&url).await?;
+    let root = tempfile::tempdir()?;
+    place(root.path(), path, &tarball)?;
+    let nginx = env.nginx(root.path(), "")?;
+    let p = wrk(&url, 8, s, &[])?;
+    let n = wrk(&format!("{}{path}", nginx.url()), 8, s, &[])?;
+    Ok(Row::ratio(
+        "2. large hit (64 MiB), fs, 8 clients, MiB/s vs nginx",
+        p.bytes_per_sec / MIB,
+        n.bytes_per_sec / MIB,
+        "MiB/s",
+        Some(0.9),
+    ))
+}
+
+/// 3. Redirect path: S3 on s3s-fs, direct-serve on, one presign per request.
+async fn redirects(env: &Env, s: u32) -> anyhow::Result<Row> {
+    let stub = Stub::start(Shape::default()).await;
+    stub.publish_npm("small", &[("1.0.0".into(), bytes_of(10 * 1024, 3))], 0);
+    let s3 = env.s3s()?;
+    let yaml = format!(
+        "storage:\n  url: \"s3://bench?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n  direct_serve: true\n{}",
+        s3.url(),
+        npm_yaml(&stub)
+    );
+    let envs = [
+        ("AWS_ACCESS_KEY_ID", "AKIDBENCH".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "bench-secret".to_owned()),
+    ];
+    let proxyd = env.proxyd(&yaml, &envs)?;
+    let url = format!("{}/npm/small/-/small-1.0.0.tgz", proxyd.url());
+    get_all(&url).await?; // miss, stored in S3
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let location = client
+        .get(&url)
+        .send()
+        .await?
+        .headers()
+        .get("location")
+        .context("no redirect")?
+        .to_str()?
+        .to_owned();
+    let root = tempfile::tempdir()?;
+    let nginx = env.nginx(
+        root.path(),
+        &format!("    location = /redirect {{ return 302 \"{location}\"; }}"),
+    )?;
+    let p = wrk(&url, 64, s, &[])?;
+    let n = wrk(&format!("{}/redirect", nginx.url()), 64, s, &[])?;
+    anyhow::ensure!(
+        p.non_2xx_3xx == 0,
+        "proxyd answered {} errors",
+        p.non_2xx_3xx
+    );
+    Ok(Row::ratio(
+        "3. redirect (S3, presign per request), 64 conns, req/s vs nginx fixed 302",
+        p.requests_per_sec,
+        n.requests_per_sec,
+        "req/s",
+        Some(0.7),
+    ))
+}
+
+/// 4. Peak resident memory: 256 clients on one 64 MiB hit; 64 different 16 MiB cold misses.
+async fn memory(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
+    let stub = Stub::start(Shape::default()).await;
+    stub.publish_npm("large", &[("1.0.0".into(), bytes_of(64 << 20, 4))], 0);
+    let proxyd = env.proxyd(&npm_yaml(&stub), &[])?;
+    let url = format!("{}/npm/large/-/large-1.0.0.tgz", proxyd.url());
+    get_all(&url).await?;
+    proxyd.proc.reset_peak();
+    wrk(&url, 256, s, &[])?;
+    let hits_peak = proxyd.proc.peak_rss() as f64 / MIB;
+    drop(proxyd);
+
+    let cold = Stub::start(Shape::default()).await;
+    for i in 0..64 {
+        cold.publish_npm(
+            &format!("cold{i}"),
+            &[("1.0.0".into(), bytes_of(16 << 20, 100 + i))],
+            0,
+        );
+    }
+    let proxyd = env.proxyd(&npm_yaml(&cold), &[])?;
+    for i in 0..64 {
+        get_all(&format!("{}/npm/cold{i}", proxyd.url())).await?; // packuments first
+    }
+    // A slow upstream: every download takes about four seconds.
+    cold.set_shape(Shape {
+        latency: Duration::from_millis(50),
+        bandwidth: Some(4 << 20),
+    });
+    proxyd.proc.reset_peak();
+    let base = proxyd.url();
+    let downloads = (0..64).map(|i| {
+        let url = format!("{base}/npm/cold{i}/-/cold{i}-1.0.0.tgz");
+        async move {
+            let mut stream = reqwest::get(&url).await?.bytes_stream();
+            let mut n = 0usize;
+            while let Some(chunk) = stream.next().await {
+                n += chunk?.len();
+            }
+            anyhow::ensure!(n == 16 << 20, "short download of {url}: {n}");
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    for r in futures::future::join_all(downloads).await {
+        r?;
+    }
+    let miss_peak = proxyd.proc.peak_rss() as f64 / MIB;
+    Ok(vec![
+        Row::absolute(
+            "4a. peak RSS, 256 clients streaming one 64 MiB hit",
+            format!("{hits_peak:.1} MiB"),
+            "<= 64 MiB",
+            hits_peak <= 64.0,
+        ),
+        Row::absolute(
+            "4b. peak RSS, 64 cold misses of 16 MiB from a slow upstream",
+            format!("{miss_peak:.1} MiB"),
+            "<= 96 MiB",
+            miss_peak <= 96.0,
+        ),
+    ])
+}
+
+async fn time_to_first_byte(url: &str) -> anyhow::Result<(Duration, Instant)> {
+    let start = Instant::now();
+    let mut resp = reqwest::get(url).await?;
+    anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    let first = resp.chunk().await?.context("empty body")?;
+    let ttfb = start.elapsed();
+    drop(first);
+    while resp.chunk().await?.is_some() {}
+    Ok((ttfb, start))
+}
+
+/// 5. 100 concurrent requests for one uncached artifact from a slow upstream.
+async fn coalescing(env: &Env) -> anyhow::Result<Vec<Row>> {
+    let stub = Stub::start(Shape::default()).await;
+    stub.publish_npm("popular", &[("1.0.0".into(), bytes_of(2 << 20, 5))], 0);
+    let path = "/popular/-/popular-1.0.0.tgz";
+    let proxyd = env.proxyd(&npm_yaml(&stub), &[])?;
+    get_all(&format!("{}/npm/popular", proxyd.url())).await?; // the packument is not part of this
+    stub.set_shape(Shape {
+        latency: Duration::from_millis(50),
+        bandwidth: Some(8 << 20),
+    });
+    let (upstream_ttfb, _) = time_to_first_byte(&format!("{}{path}", stub.url())).await?;
+    let before = stub.hits(path);
+    let url = format!("{}/npm{path}", proxyd.url());
+    let requests = (0..100).map(|_| {
+        let url = url.clone();
+        async move { time_to_first_byte(&url).await }
+    });
+    let results: Vec<_> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let first = results.iter().map(|(t, _)| *t).min().unwrap_or_default();
+    let upstream_requests = stub.hits(path) - before;
+    let extra_ms = first.as_secs_f64() * 1000.0 - upstream_ttfb.as_secs_f64() * 1000.0;
+    Ok(vec![
+        Row::absolute(
+            "5a. upstream requests for 100 concurrent cold requests",
+            upstream_requests.to_string(),
+            "= 1",
+            upstream_requests == 1,
+        ),
+        Row::absolute(
+            "5b. first client's TTFB minus upstream's own TTFB",
+            format!(
+                "{extra_ms:.1} ms (upstream {:.1} ms)",
+                upstream_ttfb.as_secs_f64() * 1000.0
+            ),
+            "<= 10 ms",
+            extra_ms <= 10.0,
+        ),
+    ])
+}
+
+/// 6. Metadata: a 5 MiB packument with 2,000 versions; a 5,000-file simple page as JSON.
+async fn metadata(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
+    let stub = Stub::start(Shape::default()).await;
+    let versions: Vec<(String, Bytes)> = (0..2000)
+        .map(|i| (format!("1.0.{i}"), Bytes::from_static(b"x")))
+        .collect();
+    stub.publish_npm("bigmeta", &versions, 2300);
+    stub.publish_pypi_page("bigpage", 5000);
+    let mut rows = Vec::new();
+    for (label, ttl, maxage) in [("cached", "5m", "10m"), ("revalidated", "0s", "0s")] {
+        let proxyd = env.proxyd(&format!("metadata_ttl: {ttl}\n{}", npm_yaml(&stub)), &[])?;
+        let url = format!("{}/npm/bigmeta", proxyd.url());
+        let size = get_all(&url).await?.len();
+        let p = wrk(&url, 16, s, &[])?;
+        drop(proxyd);
+        let verdaccio = env.verdaccio(&stub.url(), maxage)?;
+        let vurl = format!("{}/bigmeta", verdaccio.url());
+        get_all(&vurl).await?;
+        let v = wrk(&vurl, 16, s, &[])?;
+        drop(verdaccio);
+        rows.push(Row::ratio(
+            &format!(
+                "6a. npm packument ({:.1} MiB, 2,000 versions), {label}, req/s vs verdaccio",
+                size as f64 / MIB
+            ),
+            p.requests_per_sec,
+            v.requests_per_sec,
+            "req/s",
+            Some(5.0),
+        ));
+
+        let json = "Accept: application/vnd.pypi.simple.v1+json";
+        let yaml = format!(
+            "metadata_ttl: {ttl}\nupstream:\n  pypi: {}/simple\n",
+            stub.url()
+        );
+        let proxyd = env.proxyd(&yaml, &[])?;
+        let url = format!("{}/pypi/simple/bigpage/", proxyd.url());
+        let client = reqwest::Client::new();
+        client
+            .get(&url)
+            .header("accept", "application/vnd.pypi.simple.v1+json")
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        let p = wrk(&url, 16, s, &[json])?;
+        drop(proxyd);
+        let devpi = env.devpi(
+            &format!("{}/simple", stub.url()),
+            if label == "cached" { 1800 } else { 0 },
+        )?;
+        let durl = format!("{}/root/upstream/+simple/bigpage/", devpi.url());
+        let warm = client
+            .get(&durl)
+            .header("accept", "application/vnd.pypi.simple.v1+json")
+            .send()
+            .await?;
+        anyhow::ensure!(warm.status().is_success(), "devpi: {}", warm.status());
+        warm.bytes().await?;
+        let d = wrk(&durl, 16, s, &[json])?;
+        rows.push(Row::ratio(
+            &format!("6b. PyPI page (5,000 files) HTML to JSON, {label}, req/s vs devpi-server"),
+            p.requests_per_sec,
+            d.requests_per_sec,
+            "req/s",
+            Some(5.0),
+        ));
+    }
+    Ok(rows)
+}
