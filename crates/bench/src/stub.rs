@@ -163,6 +163,11 @@ impl Stub {
             Bytes::from(html),
             "text/html",
         );
+        // Mirrors such as devpi read the project list first.
+        let root = format!(
+            "<!DOCTYPE html><html><body><a href=\"{project}/\">{project}</a></body></html>\n"
+        );
+        self.put("/simple/", Bytes::from(root), "text/html");
     }
 }
 
