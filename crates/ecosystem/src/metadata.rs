@@ -72,6 +72,11 @@ impl MetadataCache {
             .insert(key.to_owned(), doc);
     }
 
+    /// The document `key` if it is in memory and fresh; never asks upstream.
+    pub fn fresh(&self, key: &str) -> Option<Arc<Document>> {
+        self.remembered(key).filter(|doc| self.is_fresh(doc))
+    }
+
     fn is_fresh(&self, doc: &Document) -> bool {
         doc.fetched_at.elapsed().is_ok_and(|age| age < self.ttl)
     }

@@ -122,6 +122,14 @@ impl Npm {
         file: String,
         key: ObjectKey,
     ) -> Result<ArtifactSpec, FetchFailure> {
+        // Whichever packument is fresh in memory serves, full or abbreviated.
+        for variant in [Variant::Abbreviated, Variant::Full] {
+            if let Some(doc) = self.metadata.fresh(&variant.doc_key(&name))
+                && let Ok(Some(info)) = find_tarball(&doc.body, &file)
+            {
+                return spec_from(info, name, file, key);
+            }
+        }
         let url = self.packument_url(&name);
         for force in [false, true] {
             let variant = Variant::Abbreviated;
@@ -141,22 +149,7 @@ impl Npm {
                 })?;
             let info = find_tarball(&doc.body, &file).map_err(|e| FetchFailure::new(502, e))?;
             if let Some(info) = info {
-                if !(info.url.starts_with("http://") || info.url.starts_with("https://")) {
-                    return Err(FetchFailure::new(
-                        502,
-                        "upstream packument has a non-HTTP tarball URL",
-                    ));
-                }
-                return Ok(ArtifactSpec {
-                    key,
-                    ecosystem: "npm",
-                    name,
-                    version: info.version,
-                    filename: file,
-                    content_type: "application/octet-stream".into(),
-                    upstream_url: info.url,
-                    expected: info.expected,
-                });
+                return spec_from(info, name, file, key);
             }
             // A version published after the cached packument: look once more, upstream.
             if matches!(freshness, Freshness::Fetched | Freshness::Stale) {
@@ -168,6 +161,30 @@ impl Npm {
             format!("no version of {name} has the tarball {file}"),
         ))
     }
+}
+
+fn spec_from(
+    info: crate::rewrite::TarballInfo,
+    name: String,
+    file: String,
+    key: ObjectKey,
+) -> Result<ArtifactSpec, FetchFailure> {
+    if !(info.url.starts_with("http://") || info.url.starts_with("https://")) {
+        return Err(FetchFailure::new(
+            502,
+            "upstream packument has a non-HTTP tarball URL",
+        ));
+    }
+    Ok(ArtifactSpec {
+        key,
+        ecosystem: "npm",
+        name,
+        version: info.version,
+        filename: file,
+        content_type: "application/octet-stream".into(),
+        upstream_url: info.url,
+        expected: info.expected,
+    })
 }
 
 #[async_trait::async_trait]
