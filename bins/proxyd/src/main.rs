@@ -14,6 +14,11 @@ use proxyd_ecosystem::{Ecosystem, MetadataCache, Upstream};
 use proxyd_http_front::{DirectServeSettings, Front, FrontSettings};
 use settings::{Flags, LogFormat, Settings};
 
+// Request handling allocates many small short-lived buffers; mimalloc's thread-local free
+// lists cut allocator time roughly in half against glibc's (measured in docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(30);
 
