@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ pub struct FsStorage {
 struct Inner {
     root: PathBuf,
     locks: Vec<Mutex<()>>,
+    /// Sidecars already read or written, so a hit does not open a second file. Kept in step
+    /// by put and delete; another process writing the same directory is not seen.
+    sidecars: std::sync::RwLock<HashMap<String, Arc<Sidecar>>>,
 }
 
 impl std::fmt::Debug for FsStorage {
@@ -50,7 +54,11 @@ impl FsStorage {
         let root = tokio::fs::canonicalize(&root).await?;
         let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
         Ok(Self {
-            inner: Arc::new(Inner { root, locks }),
+            inner: Arc::new(Inner {
+                root,
+                locks,
+                sidecars: Default::default(),
+            }),
         })
     }
 
@@ -80,6 +88,29 @@ impl FsStorage {
     fn data_path(&self, key: &ObjectKey) -> PathBuf {
         // Safe: ObjectKey admits no absolute path, `..`, backslash or dot-segment.
         self.inner.root.join(key.as_str())
+    }
+
+    fn remember_sidecar(&self, key: &ObjectKey, sidecar: Sidecar) {
+        self.inner
+            .sidecars
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.as_str().to_owned(), Arc::new(sidecar));
+    }
+
+    fn sidecar_for(&self, key: &ObjectKey, data: &Path) -> Sidecar {
+        if let Some(known) = self
+            .inner
+            .sidecars
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key.as_str())
+        {
+            return (**known).clone();
+        }
+        let read = read_sidecar_now(data);
+        self.remember_sidecar(key, read.clone());
+        read
     }
 
     fn lock_for(&self, key: &ObjectKey) -> &Mutex<()> {
@@ -117,7 +148,7 @@ impl Drop for TempGuard {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Sidecar {
     content_type: Option<String>,
     sha256: Option<String>,
@@ -252,6 +283,7 @@ impl Storage for FsStorage {
                 .await
                 .map_err(op_err("put", key))?;
             guard.0 = None;
+            self.remember_sidecar(key, sidecar);
         }
         sync_dir(&dir).await.map_err(op_err("put", key))?;
         Ok(PutResult {
@@ -278,7 +310,7 @@ impl Storage for FsStorage {
         if !md.is_file() {
             return Err(Error::not_found("get", key.as_str()));
         }
-        let meta = meta_from(key, &md, read_sidecar_now(&data));
+        let meta = meta_from(key, &md, self.sidecar_for(key, &data));
         let range = match range {
             None => 0..meta.size,
             Some(r) if r.start < r.end && r.end <= meta.size => r,
@@ -335,6 +367,11 @@ impl Storage for FsStorage {
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         let data = self.data_path(key);
         let _held = self.lock_for(key).lock().await;
+        self.inner
+            .sidecars
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key.as_str());
         for path in [data.clone(), sidecar_path(&data)] {
             match tokio::fs::remove_file(&path).await {
                 Ok(()) => {}
