@@ -19,6 +19,10 @@ use settings::{Flags, LogFormat, Settings};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Threads for file I/O. Each keeps allocator caches, so the bound is a memory bound too; disk
+/// reads and writes gain nothing from more threads than this.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -126,6 +130,7 @@ fn run(flags: &Flags, env: &HashMap<String, String>) -> std::process::ExitCode {
         tracing::warn!("{w}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
     {

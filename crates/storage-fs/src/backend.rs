@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::io::SeekFrom;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,9 +10,8 @@ use proxyd_storage_core::{
     ByteStream, Error, ErrorKind, GetResult, ObjectKey, ObjectMeta, PartReader, PresignSupport,
     PutOptions, PutResult, Result, Signer, Storage,
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
-use tokio_util::io::ReaderStream;
 
 /// Stripes of the in-process rename lock (data and sidecar of one key move together).
 const LOCK_STRIPES: usize = 64;
@@ -338,13 +336,41 @@ impl Storage for FsStorage {
                 body: body.boxed(),
             });
         }
-        let mut file = tokio::fs::File::from_std(file);
+        // Larger bodies: one positioned read per chunk on the blocking pool, each into a fresh
+        // buffer that becomes the chunk, so nothing is buffered twice and a connection holds at
+        // most the chunk being written.
+        // The buffer is allocated here, on the thread that later frees it once written, so
+        // the allocator reuses it instead of parking it on a pool thread.
+        let mut file = file;
         if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start))
-                .await
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(range.start))
                 .map_err(op_err("get", key))?;
         }
-        let body = ReaderStream::with_capacity(file.take(len), READ_CHUNK);
+        let file = Arc::new(file);
+        let body = futures::stream::try_unfold(len, move |left| {
+            let file = file.clone();
+            async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let n = left.min(READ_CHUNK as u64);
+                let buf = Vec::with_capacity(n as usize);
+                let chunk = tokio::task::spawn_blocking(move || {
+                    let mut buf = buf;
+                    std::io::Read::read_to_end(&mut std::io::Read::take(&*file, n), &mut buf)?;
+                    Ok::<_, std::io::Error>(buf)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                if chunk.len() as u64 != n {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "file shorter than its size",
+                    ));
+                }
+                Ok(Some((bytes::Bytes::from(chunk), left - n)))
+            }
+        });
         Ok(GetResult {
             meta,
             range,
