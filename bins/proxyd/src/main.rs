@@ -14,11 +14,6 @@ use proxyd_ecosystem::{Ecosystem, MetadataCache, Upstream};
 use proxyd_http_front::{DirectServeSettings, Front, FrontSettings};
 use settings::{Flags, LogFormat, Settings};
 
-// Request handling allocates many small short-lived buffers; mimalloc's thread-local free
-// lists cut allocator time roughly in half against glibc's (measured in docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Threads for file I/O. Each keeps allocator caches, so the bound is a memory bound too; disk
 /// reads and writes gain nothing from more threads than this.
 const MAX_BLOCKING_THREADS: usize = 16;

@@ -50,6 +50,7 @@ pub struct ArtifactEntry {
     pub upstream_url: String,
     /// When it was fetched.
     pub fetched_at: SystemTime,
+    pub(crate) etag: String,
     pub(crate) hits: AtomicU64,
     pub(crate) pending_hits: AtomicU64,
     pub(crate) last_access: AtomicU64,
@@ -57,9 +58,9 @@ pub struct ArtifactEntry {
 }
 
 impl ArtifactEntry {
-    /// Strong ETag: the quoted SHA-256.
-    pub fn etag(&self) -> String {
-        format!("\"{}\"", hex::encode(self.sha256))
+    /// Strong ETag: the quoted SHA-256 (computed once, when the entry is made).
+    pub fn etag(&self) -> &str {
+        &self.etag
     }
 
     /// Hits so far (including those not yet written to the index).

@@ -26,7 +26,7 @@ fn set(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
 /// The headers every 200/206/HEAD answer for a cached artifact carries.
 fn entity_headers(headers: &mut HeaderMap, entry: &ArtifactEntry) {
     set(headers, header::CONTENT_TYPE, &entry.content_type);
-    set(headers, header::ETAG, &entry.etag());
+    set(headers, header::ETAG, entry.etag());
     set(
         headers,
         header::LAST_MODIFIED,
@@ -264,10 +264,10 @@ impl Front {
         headers: &HeaderMap,
         entry: &ArtifactEntry,
     ) -> Result<Response<Body>, proxyd_storage_core::Error> {
-        if not_modified(headers, &entry.etag()) || unmodified_since(headers, entry) {
+        if not_modified(headers, entry.etag()) || unmodified_since(headers, entry) {
             let mut response = Response::new(body::empty());
             *response.status_mut() = StatusCode::NOT_MODIFIED;
-            set(response.headers_mut(), header::ETAG, &entry.etag());
+            set(response.headers_mut(), header::ETAG, entry.etag());
             return Ok(response);
         }
         let if_range_ok = headers

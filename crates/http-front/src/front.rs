@@ -29,6 +29,8 @@ pub struct FrontSettings {
     pub disabled: HashMap<String, String>,
 }
 
+type RequestMetrics = HashMap<(&'static str, u16), (metrics::Counter, metrics::Histogram)>;
+
 /// Renders the Prometheus text for `/metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -41,6 +43,7 @@ pub struct Front {
     can_sign: bool,
     metrics: Option<MetricsRender>,
     logged_causes: Mutex<HashSet<String>>,
+    request_metrics: std::sync::RwLock<RequestMetrics>,
     health: Mutex<Option<(Instant, bool, serde_json::Value)>>,
 }
 
@@ -84,6 +87,7 @@ impl Front {
             can_sign,
             metrics,
             logged_causes: Mutex::new(HashSet::new()),
+            request_metrics: Default::default(),
             health: Mutex::new(None),
         });
         let active = front
@@ -92,6 +96,33 @@ impl Front {
             .any(|name| front.redirects_for(name));
         metrics::gauge!(m::DIRECT_SERVE_ACTIVE).set(if active { 1.0 } else { 0.0 });
         front
+    }
+
+    /// The request counter and duration histogram of one ecosystem and status, registered
+    /// once (a registry lookup with freshly built labels on every request showed in profiles).
+    fn request_metrics(
+        &self,
+        ecosystem: &'static str,
+        status: u16,
+    ) -> (metrics::Counter, metrics::Histogram) {
+        let key = (ecosystem, status);
+        if let Some(found) = self
+            .request_metrics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return found.clone();
+        }
+        let made = (
+            metrics::counter!(m::REQUESTS_TOTAL, "ecosystem" => ecosystem, "status" => status.to_string()),
+            metrics::histogram!(m::REQUEST_DURATION_SECONDS, "ecosystem" => ecosystem),
+        );
+        self.request_metrics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, made.clone());
+        made
     }
 
     /// Whether cached GETs of `ecosystem` are redirected.
@@ -138,10 +169,9 @@ impl Front {
         };
         let status = response.status().as_u16();
         if label != "admin" {
-            metrics::counter!(m::REQUESTS_TOTAL, "ecosystem" => label, "status" => status.to_string())
-                .increment(1);
-            metrics::histogram!(m::REQUEST_DURATION_SECONDS, "ecosystem" => label)
-                .record(started.elapsed().as_secs_f64());
+            let (requests, duration) = self.request_metrics(label, status);
+            requests.increment(1);
+            duration.record(started.elapsed().as_secs_f64());
         }
         tracing::debug!(path = %path, status, duration_ms = started.elapsed().as_millis() as u64, "request");
         response
