@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 /// Stripes of the in-process rename lock (data and sidecar of one key move together).
 const LOCK_STRIPES: usize = 64;
 /// Read buffer for streamed gets.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 96 * 1024;
 /// Bodies up to this size are read in one call when opened instead of streamed.
 const INLINE_READ_LIMIT: u64 = 64 * 1024;
 
