@@ -7,7 +7,6 @@ use proxyd_ecosystem::{
     RenderCache, Reply, UpstreamError,
 };
 use proxyd_storage_core::ObjectKey;
-use sha2::{Digest, Sha256};
 
 use crate::index::{download_url, find_version, index_path, valid_name, valid_version};
 
@@ -38,10 +37,6 @@ fn failure(err: &UpstreamError) -> FetchFailure {
     }
 }
 
-fn etag_of(body: &[u8]) -> String {
-    format!("\"{}\"", hex::encode(&Sha256::digest(body)[..16]))
-}
-
 impl CargoRegistry {
     /// A handler for the sparse index at `config.upstream`.
     pub fn new(config: CargoConfig, metadata: Arc<MetadataCache>) -> Self {
@@ -53,13 +48,7 @@ impl CargoRegistry {
             serde_json::json!({ "dl": format!("{base_url}/cargo/crates/{{crate}}/{{version}}/download") })
                 .to_string(),
         );
-        let config_json = DocumentReply {
-            content_type: "application/json",
-            etag: etag_of(&body),
-            body,
-            max_age: 300,
-            stale: false,
-        };
+        let config_json = DocumentReply::new("application/json", body, 300);
         Self {
             upstream,
             metadata,
@@ -94,13 +83,7 @@ impl CargoRegistry {
         let rendered = self
             .rendered
             .get_or_render(name.to_ascii_lowercase(), &doc, |doc| {
-                Ok(DocumentReply {
-                    content_type: INDEX_CONTENT_TYPE,
-                    etag: etag_of(&doc.body),
-                    body: doc.body.clone(),
-                    max_age: 0,
-                    stale: false,
-                })
+                Ok(DocumentReply::new(INDEX_CONTENT_TYPE, doc.body.clone(), 0))
             });
         let mut reply = match rendered {
             Ok(reply) => reply,

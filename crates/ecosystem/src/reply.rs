@@ -38,6 +38,21 @@ pub struct DocumentReply {
     pub stale: bool,
 }
 
+impl DocumentReply {
+    /// A fresh reply whose strong ETag is derived from `body`.
+    pub fn new(content_type: &'static str, body: Bytes, max_age: u64) -> Self {
+        use sha2::Digest;
+        let etag = format!("\"{}\"", hex::encode(&sha2::Sha256::digest(&body)[..16]));
+        Self {
+            content_type,
+            body,
+            etag,
+            max_age,
+            stale: false,
+        }
+    }
+}
+
 /// An artifact to serve from the cache, fetched first on a miss.
 pub struct ArtifactReply {
     /// Storage key.

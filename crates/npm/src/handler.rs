@@ -8,7 +8,6 @@ use proxyd_ecosystem::{
     RenderCache, Reply, UpstreamError,
 };
 use proxyd_storage_core::ObjectKey;
-use sha2::{Digest, Sha256};
 
 use crate::name::{upstream_path, validate};
 use crate::rewrite::{find_tarball, rewrite_packument};
@@ -98,14 +97,7 @@ impl Npm {
         };
         let rendered = self.rendered.get_or_render(key, &doc, |doc| {
             let body = Bytes::from(rewrite_packument(&doc.body, name, &self.config.base_url)?);
-            let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
-            Ok(DocumentReply {
-                content_type: variant.content_type(),
-                body,
-                etag,
-                max_age: 60,
-                stale: false,
-            })
+            Ok(DocumentReply::new(variant.content_type(), body, 60))
         });
         let mut reply = match rendered {
             Ok(reply) => reply,

@@ -8,7 +8,6 @@ use proxyd_ecosystem::{
     RenderCache, Reply, UpstreamError,
 };
 use proxyd_storage_core::ObjectKey;
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::name::{is_valid, normalize};
@@ -149,14 +148,7 @@ impl PyPi {
                     Format::Html(ct) => (ct, render_html(&page, project, &self.config.base_url)),
                 };
                 let body = Bytes::from(body);
-                let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
-                Ok(DocumentReply {
-                    content_type,
-                    body,
-                    etag,
-                    max_age: 60,
-                    stale: false,
-                })
+                Ok(DocumentReply::new(content_type, body, 60))
             });
         let mut reply = match rendered {
             Ok(reply) => reply,

@@ -364,14 +364,7 @@ impl Storage for AzureStorage {
         if let Some(r) = &range
             && r.end > size
         {
-            return Err(Error::invalid(
-                "get",
-                format!(
-                    "range {}..{} is outside the object of {size} bytes",
-                    r.start, r.end
-                ),
-            )
-            .with_key(key.as_str()));
+            return Err(Error::range_outside(key.as_str(), r, size));
         }
         let meta = ObjectMeta {
             key: key.clone(),

@@ -80,6 +80,18 @@ impl Error {
         Self::new(ErrorKind::NotFound, op, "no such object").with_key(key)
     }
 
+    /// A `get` range that does not fit the object.
+    pub fn range_outside(key: &str, range: &std::ops::Range<u64>, size: u64) -> Self {
+        Self::invalid(
+            "get",
+            format!(
+                "range {}..{} is outside the object of {size} bytes",
+                range.start, range.end
+            ),
+        )
+        .with_key(key)
+    }
+
     /// Attach the key the operation was about.
     #[must_use]
     pub fn with_key(mut self, key: &str) -> Self {

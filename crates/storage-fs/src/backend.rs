@@ -313,15 +313,7 @@ impl Storage for FsStorage {
             None => 0..meta.size,
             Some(r) if r.start < r.end && r.end <= meta.size => r,
             Some(r) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    "get",
-                    format!(
-                        "range {}..{} is outside the object of {} bytes",
-                        r.start, r.end, meta.size
-                    ),
-                )
-                .with_key(key.as_str()));
+                return Err(Error::range_outside(key.as_str(), &r, meta.size));
             }
         };
         let len = range.end - range.start;

@@ -302,14 +302,7 @@ impl Storage for S3Storage {
         let range = match range {
             // S3 shortens a range that runs past the end; the trait refuses it instead.
             Some(r) if r.end > size => {
-                return Err(Error::invalid(
-                    "get",
-                    format!(
-                        "range {}..{} is outside the object of {size} bytes",
-                        r.start, r.end
-                    ),
-                )
-                .with_key(key.as_str()));
+                return Err(Error::range_outside(key.as_str(), &r, size));
             }
             Some(r) => r,
             None => 0..size,
