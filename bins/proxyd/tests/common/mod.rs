@@ -38,33 +38,16 @@ pub async fn storage(backend: Backend, with_public_base: bool) -> StorageFixture
         Backend::S3 => {
             let server = S3sFs::start();
             server.create_bucket("artifacts");
-            let mut guards: Vec<Box<dyn Any + Send>> = Vec::new();
-            let mut yaml = format!(
-                "storage:\n  url: \"s3://artifacts?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n  direct_serve: true\n",
+            let url = format!(
+                "s3://artifacts?region=us-east-1&endpoint={}&s3ForcePathStyle=true",
                 server.endpoint()
             );
-            let mut public_base = None;
-            if with_public_base {
-                let forwarder = TcpForwarder::start(([127, 0, 0, 1], server.port()).into()).await;
-                yaml.push_str(&format!(
-                    "  direct_serve_base_url: {}\n",
-                    forwarder.base_url()
-                ));
-                public_base = Some(forwarder.base_url());
-                guards.push(Box::new(forwarder));
-            }
-            guards.push(Box::new(server));
             let env = vec![
                 ("AWS_ACCESS_KEY_ID", S3sFs::ACCESS_KEY.to_owned()),
                 ("AWS_SECRET_ACCESS_KEY", S3sFs::SECRET_KEY.to_owned()),
             ];
-            StorageFixture {
-                yaml,
-                env,
-                redirects: true,
-                public_base,
-                _guards: guards,
-            }
+            let port = server.port();
+            signing_fixture(&url, env, port, with_public_base, Box::new(server)).await
         }
         Backend::Azure => {
             let emulator = Azurite::start();
@@ -79,33 +62,45 @@ pub async fn storage(backend: Backend, with_public_base: bool) -> StorageFixture
                 .create()
                 .await
                 .unwrap();
-            let mut guards: Vec<Box<dyn Any + Send>> = Vec::new();
-            let mut yaml = format!(
-                "storage:\n  url: \"azblob://artifacts?protocol=http&domain={}&localemu=true\"\n  direct_serve: true\n",
+            let url = format!(
+                "azblob://artifacts?protocol=http&domain={}&localemu=true",
                 emulator.domain()
             );
-            let mut public_base = None;
-            if with_public_base {
-                let forwarder = TcpForwarder::start(([127, 0, 0, 1], emulator.port()).into()).await;
-                yaml.push_str(&format!(
-                    "  direct_serve_base_url: {}\n",
-                    forwarder.base_url()
-                ));
-                public_base = Some(forwarder.base_url());
-                guards.push(Box::new(forwarder));
-            }
-            guards.push(Box::new(emulator));
             let env = vec![
                 ("AZURE_STORAGE_ACCOUNT", Azurite::ACCOUNT.to_owned()),
                 ("AZURE_STORAGE_KEY", Azurite::KEY.to_owned()),
             ];
-            StorageFixture {
-                yaml,
-                env,
-                redirects: true,
-                public_base,
-                _guards: guards,
-            }
+            let port = emulator.port();
+            signing_fixture(&url, env, port, with_public_base, Box::new(emulator)).await
         }
+    }
+}
+
+/// Direct-serve on `url`, optionally with a public base URL: a forwarder to `port`.
+async fn signing_fixture(
+    url: &str,
+    env: Vec<(&'static str, String)>,
+    port: u16,
+    with_public_base: bool,
+    server: Box<dyn Any + Send>,
+) -> StorageFixture {
+    let mut yaml = format!("storage:\n  url: \"{url}\"\n  direct_serve: true\n");
+    let mut guards = vec![server];
+    let mut public_base = None;
+    if with_public_base {
+        let forwarder = TcpForwarder::start(([127, 0, 0, 1], port).into()).await;
+        yaml.push_str(&format!(
+            "  direct_serve_base_url: {}\n",
+            forwarder.base_url()
+        ));
+        public_base = Some(forwarder.base_url());
+        guards.push(Box::new(forwarder));
+    }
+    StorageFixture {
+        yaml,
+        env,
+        redirects: true,
+        public_base,
+        _guards: guards,
     }
 }
