@@ -109,6 +109,17 @@ impl DayKey {
     }
 }
 
+/// Lower-case hex by table: the generic iterator-based encoder showed up in redirect profiles.
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
 /// `YYYYMMDDTHHMMSSZ` in UTC.
 fn amz_date(t: SystemTime) -> String {
     let secs = t
@@ -186,9 +197,9 @@ fn sign_get(
     );
     let string_to_sign = format!(
         "AWS4-HMAC-SHA256\n{date_time}\n{scope}\n{}",
-        hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+        lower_hex(&sha2::Sha256::digest(canonical.as_bytes()))
     );
-    let signature = hex::encode(hmac(
+    let signature = lower_hex(&hmac(
         &day_key.get(creds, date, &base.region),
         string_to_sign.as_bytes(),
     ));
