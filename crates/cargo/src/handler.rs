@@ -183,11 +183,11 @@ impl Ecosystem for CargoRegistry {
                 Ok(key) => key,
                 Err(err) => return Reply::bad_request(err.message().to_owned()),
             };
-            let resolve = Box::pin(self.clone().resolve(
-                (*name).to_owned(),
-                (*version).to_owned(),
-                key.clone(),
-            ));
+            let this = self.clone();
+            let (miss_name, miss_file, miss_key) =
+                ((*name).to_owned(), (*version).to_owned(), key.clone());
+            let resolve: proxyd_ecosystem::Resolver =
+                Box::new(move || Box::pin(this.resolve(miss_name, miss_file, miss_key)));
             return Reply::Artifact(ArtifactReply { key, resolve });
         }
         let Some(name) = segments.last().copied() else {

@@ -8,5 +8,7 @@ mod upstream;
 
 pub use metadata::{Freshness, MetadataCache};
 pub use render::RenderCache;
-pub use reply::{ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Reply, Resolver};
+pub use reply::{
+    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Reply, ResolveFuture, Resolver,
+};
 pub use upstream::{Upstream, UpstreamError, UpstreamResponse};

@@ -7,8 +7,11 @@ use proxyd_cache::{ArtifactSpec, FetchFailure};
 use proxyd_storage_core::ObjectKey;
 
 /// Finds out, on a miss, where upstream has an artifact and what digest it declared.
-pub type Resolver =
+pub type ResolveFuture =
     Pin<Box<dyn Future<Output = Result<ArtifactSpec, FetchFailure>> + Send + 'static>>;
+
+/// Makes the [`ResolveFuture`] only when it is needed: on a hit nothing is built.
+pub type Resolver = Box<dyn FnOnce() -> ResolveFuture + Send + 'static>;
 
 /// A request as a handler sees it.
 #[derive(Debug)]

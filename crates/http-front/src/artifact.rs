@@ -116,7 +116,7 @@ impl Front {
         headers: &HeaderMap,
         resolve: Resolver,
     ) -> Response<Body> {
-        let spec = match resolve.await {
+        let spec = match resolve().await {
             Ok(spec) => spec,
             Err(failure) => return body::error(failure.status, &failure.message),
         };

@@ -202,11 +202,10 @@ impl Ecosystem for Npm {
                 Ok(key) => key,
                 Err(err) => return Reply::bad_request(err.message().to_owned()),
             };
-            let resolve = Box::pin(self.clone().resolve(
-                name.to_owned(),
-                file.to_owned(),
-                key.clone(),
-            ));
+            let this = self.clone();
+            let (miss_name, miss_file, miss_key) = (name.to_owned(), file.to_owned(), key.clone());
+            let resolve: proxyd_ecosystem::Resolver =
+                Box::new(move || Box::pin(this.resolve(miss_name, miss_file, miss_key)));
             return Reply::Artifact(ArtifactReply { key, resolve });
         }
         if let Err(reason) = validate(&path) {

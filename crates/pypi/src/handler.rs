@@ -282,11 +282,11 @@ impl Ecosystem for PyPi {
                 Ok(key) => key,
                 Err(err) => return Reply::bad_request(err.message().to_owned()),
             };
-            let resolve = Box::pin(self.clone().resolve(
-                project.to_owned(),
-                filename.to_owned(),
-                key.clone(),
-            ));
+            let this = self.clone();
+            let (miss_name, miss_file, miss_key) =
+                (project.to_owned(), filename.to_owned(), key.clone());
+            let resolve: proxyd_ecosystem::Resolver =
+                Box::new(move || Box::pin(this.resolve(miss_name, miss_file, miss_key)));
             return Reply::Artifact(ArtifactReply { key, resolve });
         }
         Reply::not_found(format!("no PyPI route for {path}"))
