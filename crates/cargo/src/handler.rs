@@ -184,10 +184,10 @@ impl Ecosystem for CargoRegistry {
                 Err(err) => return Reply::bad_request(err.message().to_owned()),
             };
             let this = self.clone();
-            let (miss_name, miss_file, miss_key) =
+            let (miss_name, miss_version, miss_key) =
                 ((*name).to_owned(), (*version).to_owned(), key.clone());
             let resolve: proxyd_ecosystem::Resolver =
-                Box::new(move || Box::pin(this.resolve(miss_name, miss_file, miss_key)));
+                Box::new(move || Box::pin(this.resolve(miss_name, miss_version, miss_key)));
             return Reply::Artifact(ArtifactReply { key, resolve });
         }
         let Some(name) = segments.last().copied() else {
