@@ -128,6 +128,27 @@ async fn cargo_cycle(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(again.status(), 304);
+    let since = client
+        .get(&index_url)
+        .header(
+            "if-modified-since",
+            proxyd_testkit::static_server::LAST_MODIFIED,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        since.status(),
+        304,
+        "If-Modified-Since against upstream's Last-Modified"
+    );
+    let older = client
+        .get(&index_url)
+        .header("if-modified-since", "Mon, 13 Nov 2023 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(older.status(), 200);
     let config: serde_json::Value = client
         .get(format!("{}/cargo/config.json", proxyd.url()))
         .send()

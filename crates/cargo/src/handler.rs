@@ -83,7 +83,9 @@ impl CargoRegistry {
         let rendered = self
             .rendered
             .get_or_render(name.to_ascii_lowercase(), &doc, |doc| {
-                Ok(DocumentReply::new(INDEX_CONTENT_TYPE, doc.body.clone(), 0))
+                let mut reply = DocumentReply::new(INDEX_CONTENT_TYPE, doc.body.clone(), 0);
+                reply.last_modified = doc.last_modified.clone();
+                Ok(reply)
             });
         let mut reply = match rendered {
             Ok(reply) => reply,

@@ -39,6 +39,8 @@ pub struct DocumentReply {
     pub max_age: u64,
     /// The upstream could not be reached and this is the last copy seen.
     pub stale: bool,
+    /// `Last-Modified` as upstream gave it, for `If-Modified-Since`.
+    pub last_modified: Option<String>,
 }
 
 impl DocumentReply {
@@ -52,6 +54,7 @@ impl DocumentReply {
             etag,
             max_age,
             stale: false,
+            last_modified: None,
         }
     }
 }

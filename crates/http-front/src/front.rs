@@ -342,13 +342,28 @@ pub(crate) fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
     if_none_match_hits(headers, etag)
 }
 
+/// `If-Modified-Since` against the upstream's `Last-Modified` (ignored when `If-None-Match` is
+/// present, as HTTP says).
+fn document_unmodified(headers: &HeaderMap, doc: &DocumentReply) -> bool {
+    if headers.contains_key(header::IF_NONE_MATCH) {
+        return false;
+    }
+    let parse = |v: &str| httpdate::parse_http_date(v).ok();
+    let since = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse);
+    let modified = doc.last_modified.as_deref().and_then(parse);
+    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+}
+
 fn document(method: &Method, headers: &HeaderMap, doc: DocumentReply) -> Response<Body> {
     let cache_control = if doc.stale {
         "no-cache".to_owned()
     } else {
         format!("public, max-age={}", doc.max_age)
     };
-    let mut response = if not_modified(headers, &doc.etag) {
+    let mut response = if not_modified(headers, &doc.etag) || document_unmodified(headers, &doc) {
         let mut r = Response::new(body::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
@@ -373,6 +388,13 @@ fn document(method: &Method, headers: &HeaderMap, doc: DocumentReply) -> Respons
     }
     if let Ok(v) = HeaderValue::from_str(&cache_control) {
         h.insert(header::CACHE_CONTROL, v);
+    }
+    if let Some(v) = doc
+        .last_modified
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        h.insert(header::LAST_MODIFIED, v);
     }
     if doc.stale {
         h.insert(

@@ -203,4 +203,10 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
         .insert("content-type", content_type.parse().unwrap());
     response.headers_mut().insert("etag", etag.parse().unwrap());
     response
+        .headers_mut()
+        .insert("last-modified", LAST_MODIFIED.parse().unwrap());
+    response
 }
+
+/// Every route claims this modification time, so conditional requests can be tested.
+pub const LAST_MODIFIED: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
