@@ -215,20 +215,7 @@ async fn corrupted_crate_is_refused_and_not_cached() {
         body.is_err() || body.unwrap() != archive,
         "a corrupt crate is never served whole"
     );
-    let stats: serde_json::Value = reqwest::get(format!("{}/stats", proxyd.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats["cached_artifacts"], 0);
-    assert!(
-        proxyd
-            .log()
-            .contains("does not match its declared sha256 digest"),
-        "{}",
-        proxyd.log()
-    );
+    proxyd.assert_refused_as_corrupt("sha256").await;
     // Bad paths never reach upstream.
     let before = upstream.server.total_hits();
     for path in [

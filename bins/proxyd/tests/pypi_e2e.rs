@@ -342,20 +342,7 @@ async fn corrupted_distribution_is_refused_and_not_cached() {
         body.is_err() || body.unwrap() != files[0].bytes,
         "a corrupt file is never served whole"
     );
-    let stats: serde_json::Value = reqwest::get(format!("{}/stats", proxyd.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats["cached_artifacts"], 0);
-    assert!(
-        proxyd
-            .log()
-            .contains("does not match its declared sha256 digest"),
-        "{}",
-        proxyd.log()
-    );
+    proxyd.assert_refused_as_corrupt("sha256").await;
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {

@@ -125,6 +125,33 @@ impl ProxydProcess {
         }
     }
 
+    /// `/stats` as JSON.
+    pub async fn stats(&self) -> serde_json::Value {
+        let body = reqwest::get(format!("{}/stats", self.url()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// A corrupt upstream file was refused: nothing cached, and the log says which digest
+    /// failed.
+    pub async fn assert_refused_as_corrupt(&self, algorithm: &str) {
+        assert_eq!(
+            self.stats().await["cached_artifacts"],
+            0,
+            "nothing may be cached"
+        );
+        let needle = format!("does not match its declared {algorithm} digest");
+        assert!(
+            self.log().contains(&needle),
+            "log lacks {needle:?}:\n{}",
+            self.log()
+        );
+    }
+
     /// `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.url()))
