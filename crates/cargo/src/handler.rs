@@ -4,7 +4,7 @@ use bytes::Bytes;
 use proxyd_cache::{ArtifactSpec, Document, ExpectedDigest, FetchFailure};
 use proxyd_ecosystem::{
     ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache,
-    RenderCache, Reply, UpstreamError,
+    RenderCache, Reply,
 };
 use proxyd_storage_core::ObjectKey;
 
@@ -28,13 +28,6 @@ pub struct CargoRegistry {
     metadata: Arc<MetadataCache>,
     config_json: DocumentReply,
     rendered: RenderCache<String>,
-}
-
-fn failure(err: &UpstreamError) -> FetchFailure {
-    match err {
-        UpstreamError::NotFound(_) => FetchFailure::new(404, err.to_string()),
-        _ => FetchFailure::new(502, err.to_string()),
-    }
 }
 
 impl CargoRegistry {
@@ -72,7 +65,7 @@ impl CargoRegistry {
                 force,
             )
             .await
-            .map_err(|e| failure(&e))
+            .map_err(|e| FetchFailure::from(&e))
     }
 
     async fn index_file(&self, name: &str) -> Reply {
@@ -108,7 +101,7 @@ impl CargoRegistry {
                 false,
             )
             .await
-            .map_err(|e| failure(&e))?;
+            .map_err(|e| FetchFailure::from(&e))?;
         let v: serde_json::Value = serde_json::from_slice(&doc.body)
             .map_err(|e| FetchFailure::new(502, format!("upstream config.json: {e}")))?;
         v.get("dl")

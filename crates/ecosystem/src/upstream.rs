@@ -33,6 +33,18 @@ pub enum UpstreamError {
     },
 }
 
+impl From<&UpstreamError> for FetchFailure {
+    /// What a client is told: 404 when upstream has no such thing, 502 otherwise.
+    fn from(err: &UpstreamError) -> Self {
+        let status = if matches!(err, UpstreamError::NotFound(_)) {
+            404
+        } else {
+            502
+        };
+        FetchFailure::new(status, err.to_string())
+    }
+}
+
 /// A metadata response.
 #[derive(Debug, Clone)]
 pub enum UpstreamResponse {

@@ -5,7 +5,7 @@ use proxyd_cache::{ArtifactSpec, FetchFailure};
 use proxyd_ecosystem::names::{decode_slashes_only, is_safe_file_name};
 use proxyd_ecosystem::{
     ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache,
-    RenderCache, Reply, UpstreamError,
+    RenderCache, Reply,
 };
 use proxyd_storage_core::ObjectKey;
 
@@ -61,13 +61,6 @@ impl Variant {
     }
 }
 
-fn upstream_failure(err: &UpstreamError) -> Reply {
-    match err {
-        UpstreamError::NotFound(_) => Reply::not_found(err.to_string()),
-        _ => Reply::Error(502, err.to_string()),
-    }
-}
-
 impl Npm {
     /// A handler for `config.upstream`, caching documents in `metadata`.
     pub fn new(mut config: NpmConfig, metadata: Arc<MetadataCache>) -> Self {
@@ -93,7 +86,10 @@ impl Npm {
             .await
         {
             Ok(found) => found,
-            Err(err) => return upstream_failure(&err),
+            Err(err) => {
+                let failure = FetchFailure::from(&err);
+                return Reply::Error(failure.status, failure.message);
+            }
         };
         let rendered = self.rendered.get_or_render(key, &doc, |doc| {
             let body = Bytes::from(rewrite_packument(&doc.body, name, &self.config.base_url)?);
@@ -135,10 +131,7 @@ impl Npm {
                     force,
                 )
                 .await
-                .map_err(|e| match e {
-                    UpstreamError::NotFound(_) => FetchFailure::new(404, e.to_string()),
-                    _ => FetchFailure::new(502, e.to_string()),
-                })?;
+                .map_err(|e| FetchFailure::from(&e))?;
             let info = find_tarball(&doc.body, &file).map_err(|e| FetchFailure::new(502, e))?;
             if let Some(info) = info {
                 return spec_from(info, name, file, key);

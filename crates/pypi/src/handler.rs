@@ -5,7 +5,7 @@ use proxyd_cache::{ArtifactSpec, Document, ExpectedDigest, FetchFailure};
 use proxyd_ecosystem::names::is_safe_file_name;
 use proxyd_ecosystem::{
     ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache,
-    RenderCache, Reply, UpstreamError,
+    RenderCache, Reply,
 };
 use proxyd_storage_core::ObjectKey;
 use url::Url;
@@ -77,13 +77,6 @@ pub struct PyPi {
     rendered: RenderCache<(String, Format)>,
 }
 
-fn upstream_failure(err: &UpstreamError) -> FetchFailure {
-    match err {
-        UpstreamError::NotFound(_) => FetchFailure::new(404, err.to_string()),
-        _ => FetchFailure::new(502, err.to_string()),
-    }
-}
-
 impl PyPi {
     /// A handler for `config.upstream`, caching pages in `metadata`.
     pub fn new(mut config: PyPiConfig, metadata: Arc<MetadataCache>) -> Self {
@@ -115,7 +108,7 @@ impl PyPi {
                 force,
             )
             .await
-            .map_err(|e| upstream_failure(&e))
+            .map_err(|e| FetchFailure::from(&e))
     }
 
     fn parse(&self, project: &str, doc: &Document) -> Result<Page, FetchFailure> {
