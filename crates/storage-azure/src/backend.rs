@@ -308,12 +308,7 @@ impl Storage for AzureStorage {
             self.put_blocks(key, &mut reader, first, options.content_type)
                 .await?
         };
-        let digest = reader.digest();
-        Ok(PutResult {
-            size: digest.size,
-            sha256: digest.sha256,
-            etag,
-        })
+        Ok(reader.put_result(etag))
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<GetResult> {

@@ -104,6 +104,16 @@ impl PartReader {
         }
     }
 
+    /// What a completed put reports: size and SHA-256 of what was read, and the new ETag.
+    pub fn put_result(&self, etag: Option<String>) -> crate::PutResult {
+        let digest = self.digest();
+        crate::PutResult {
+            size: digest.size,
+            sha256: digest.sha256,
+            etag,
+        }
+    }
+
     /// Size and SHA-256 of what was read; call after the body ended.
     pub fn digest(&self) -> PutDigest {
         PutDigest {

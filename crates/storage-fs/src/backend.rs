@@ -284,11 +284,7 @@ impl Storage for FsStorage {
             self.remember_sidecar(key, sidecar);
         }
         sync_dir(&dir).await.map_err(op_err("put", key))?;
-        Ok(PutResult {
-            size: digest.size,
-            sha256: digest.sha256,
-            etag: Some(format!("\"{sha_hex}\"")),
-        })
+        Ok(reader.put_result(Some(format!("\"{sha_hex}\""))))
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<GetResult> {

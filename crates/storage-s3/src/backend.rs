@@ -269,12 +269,7 @@ impl Storage for S3Storage {
             self.put_multipart(key, &mut reader, first, options.content_type)
                 .await?
         };
-        let digest = reader.digest();
-        Ok(PutResult {
-            size: digest.size,
-            sha256: digest.sha256,
-            etag,
-        })
+        Ok(reader.put_result(etag))
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<GetResult> {
