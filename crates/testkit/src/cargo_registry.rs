@@ -55,24 +55,10 @@ impl Crate {
             "{uses}pub fn id() -> &'static str {{ \"{}@{}\" }}\n",
             self.name, self.version
         );
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        for (path, data) in [
-            (format!("{root}/Cargo.toml"), manifest),
-            (format!("{root}/src/lib.rs"), lib),
-        ] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_mtime(1_700_000_000);
-            header.set_cksum();
-            builder
-                .append_data(&mut header, path, data.as_bytes())
-                .unwrap();
-        }
-        builder.into_inner().unwrap().finish().unwrap()
+        crate::tar_gz(&[
+            (format!("{root}/Cargo.toml"), manifest.into_bytes()),
+            (format!("{root}/src/lib.rs"), lib.into_bytes()),
+        ])
     }
 }
 

@@ -67,24 +67,13 @@ impl Package {
                 .map(|b| char::from(b'a' + b % 26))
                 .collect::<String>()
         );
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        for (path, data) in [
-            ("package/package.json", manifest.to_string().into_bytes()),
-            ("package/index.js", index.into_bytes()),
-        ] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_mtime(1_700_000_000);
-            header.set_cksum();
-            builder
-                .append_data(&mut header, path, data.as_slice())
-                .unwrap();
-        }
-        builder.into_inner().unwrap().finish().unwrap()
+        crate::tar_gz(&[
+            (
+                "package/package.json".into(),
+                manifest.to_string().into_bytes(),
+            ),
+            ("package/index.js".into(), index.into_bytes()),
+        ])
     }
 }
 
