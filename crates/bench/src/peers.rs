@@ -27,6 +27,25 @@ impl Server {
     }
 }
 
+/// Start `program` on `port` with its files in `dir`, and wait until it listens.
+fn serve(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    envs: &[(&str, String)],
+    dir: tempfile::TempDir,
+    port: u16,
+    patience: Duration,
+) -> anyhow::Result<Server> {
+    let mut proc = Proc::start(name, program, args, envs, dir.path().join("out.log"), None)?;
+    proc.wait_port(port, patience)?;
+    Ok(Server {
+        proc,
+        port,
+        _dir: Some(dir),
+    })
+}
+
 impl Env {
     fn dir(&self, name: &str) -> anyhow::Result<tempfile::TempDir> {
         Ok(tempfile::Builder::new()
@@ -58,20 +77,15 @@ impl Env {
             "--config".into(),
             path.display().to_string(),
         ];
-        let mut proc = Proc::start(
+        serve(
             "proxyd",
             &self.proxyd,
             &args,
             &envs,
-            dir.path().join("log"),
-            None,
-        )?;
-        proc.wait_port(port, Duration::from_secs(20))?;
-        Ok(Server {
-            proc,
+            dir,
             port,
-            _dir: Some(dir),
-        })
+            Duration::from_secs(20),
+        )
     }
 
     /// nginx serving `root` (sendfile on, one worker), plus `extra` inside the server block.
@@ -96,20 +110,15 @@ impl Env {
             "-g".into(),
             "daemon off;".into(),
         ];
-        let mut proc = Proc::start(
+        serve(
             "nginx",
             Path::new("nginx"),
             &args,
             &[],
-            dir.path().join("out.log"),
-            None,
-        )?;
-        proc.wait_port(port, Duration::from_secs(10))?;
-        Ok(Server {
-            proc,
+            dir,
             port,
-            _dir: Some(dir),
-        })
+            Duration::from_secs(10),
+        )
     }
 
     /// verdaccio as a caching proxy of `upstream`; `maxage` is how long it trusts metadata.
@@ -135,20 +144,15 @@ impl Env {
             "--listen".into(),
             format!("127.0.0.1:{port}"),
         ];
-        let mut proc = Proc::start(
+        serve(
             "verdaccio",
             &bin,
             &args,
             &[],
-            dir.path().join("out.log"),
-            None,
-        )?;
-        proc.wait_port(port, Duration::from_secs(30))?;
-        Ok(Server {
-            proc,
+            dir,
             port,
-            _dir: Some(dir),
-        })
+            Duration::from_secs(30),
+        )
     }
 
     /// devpi-server with a mirror index `root/upstream` of `simple_url`.
@@ -180,16 +184,17 @@ impl Env {
             "--port".into(),
             port.to_string(),
         ];
-        let mut proc = Proc::start(
+        let client_dir = dir.path().join("client");
+        let devpi_server = &venv.join("devpi-server");
+        let server = serve(
             "devpi-server",
-            &venv.join("devpi-server"),
+            devpi_server,
             &args,
             &[],
-            dir.path().join("out.log"),
-            None,
+            dir,
+            port,
+            Duration::from_secs(60),
         )?;
-        proc.wait_port(port, Duration::from_secs(60))?;
-        let client_dir = dir.path().join("client");
         let devpi = |args: &[&str]| -> anyhow::Result<()> {
             let out = Command::new(venv.join("devpi"))
                 .args(args)
@@ -214,11 +219,7 @@ impl Env {
             &format!("mirror_url={simple_url}/"),
             &format!("mirror_cache_expiry={cache_expiry}"),
         ])?;
-        Ok(Server {
-            proc,
-            port,
-            _dir: Some(dir),
-        })
+        Ok(server)
     }
 
     /// s3s-fs with a bucket `bench`.
@@ -237,19 +238,14 @@ impl Env {
             "bench-secret".into(),
             dir.path().join("data").display().to_string(),
         ];
-        let mut proc = Proc::start(
+        serve(
             "s3s-fs",
             &self.s3s_fs,
             &args,
             &[],
-            dir.path().join("out.log"),
-            None,
-        )?;
-        proc.wait_port(port, Duration::from_secs(10))?;
-        Ok(Server {
-            proc,
+            dir,
             port,
-            _dir: Some(dir),
-        })
+            Duration::from_secs(10),
+        )
     }
 }
