@@ -167,6 +167,16 @@ async fn serve(settings: Settings, env: &HashMap<String, String>) -> anyhow::Res
         .context("metrics buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    // Histograms keep every sample until upkeep folds them into buckets; without this they
+    // would grow for as long as nobody scrapes /metrics.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
 
     let options = proxyd_storage::StorageOptions::with_public_base_url(
         settings.direct_serve_base_url.clone(),
