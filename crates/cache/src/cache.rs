@@ -1,6 +1,8 @@
 use std::collections::HashMap;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -138,10 +140,12 @@ pub struct Cache {
     storage: Arc<dyn Storage>,
     index: Arc<dyn Index>,
     settings: CacheSettings,
-    entries: RwLock<HashMap<ObjectKey, Arc<ArtifactEntry>>>,
+    /// Looked up on every request: a fast hasher (keys are only inserted once upstream has
+    /// served them, so clients cannot flood it with colliding keys).
+    entries: RwLock<FastMap<ObjectKey, Arc<ArtifactEntry>>>,
     flights: Mutex<HashMap<ObjectKey, watch::Receiver<FlightResult>>>,
     dirty: Mutex<Vec<Arc<ArtifactEntry>>>,
-    counters: RwLock<HashMap<String, Arc<Counters>>>,
+    counters: RwLock<FastMap<String, Arc<Counters>>>,
     total_bytes: AtomicU64,
     evicted_bytes: AtomicU64,
     evicting: tokio::sync::Mutex<()>,
@@ -176,6 +180,7 @@ fn record_to_entry(r: IndexRecord) -> Option<ArtifactEntry> {
         pending_hits: AtomicU64::new(0),
         last_access: AtomicU64::new(r.last_access),
         dirty: AtomicBool::new(false),
+        rendered: OnceLock::new(),
     })
 }
 
@@ -204,7 +209,7 @@ impl Cache {
         settings: CacheSettings,
     ) -> Result<Arc<Self>, CacheError> {
         let records = index.load_all().await?;
-        let mut entries = HashMap::with_capacity(records.len());
+        let mut entries = FastMap::with_capacity_and_hasher(records.len(), Default::default());
         let mut total = 0;
         for record in records {
             if let Some(entry) = record_to_entry(record) {
@@ -219,7 +224,7 @@ impl Cache {
             entries: RwLock::new(entries),
             flights: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Vec::new()),
-            counters: RwLock::new(HashMap::new()),
+            counters: RwLock::new(FastMap::default()),
             total_bytes: AtomicU64::new(total),
             evicted_bytes: AtomicU64::new(0),
             evicting: tokio::sync::Mutex::new(()),
@@ -650,6 +655,7 @@ impl Cache {
             pending_hits: AtomicU64::new(0),
             last_access: AtomicU64::new(unix_secs(now)),
             dirty: AtomicBool::new(false),
+            rendered: OnceLock::new(),
         });
         if let Err(err) = self.index.upsert(entry_to_record(&entry)).await {
             // Storage has the object; the entry lives in memory and is written again on the

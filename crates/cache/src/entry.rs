@@ -1,3 +1,5 @@
+use std::any::Any;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,12 +57,22 @@ pub struct ArtifactEntry {
     pub(crate) pending_hits: AtomicU64,
     pub(crate) last_access: AtomicU64,
     pub(crate) dirty: AtomicBool,
+    pub(crate) rendered: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl ArtifactEntry {
     /// Strong ETag: the quoted SHA-256 (computed once, when the entry is made).
     pub fn etag(&self) -> &str {
         &self.etag
+    }
+
+    /// What a server renders from this entry (its response headers, say), made by `render` on
+    /// first use and kept with the entry, so a hit does not render it again. The first type
+    /// asked for is the one kept: asking for another gives `None`.
+    pub fn rendered<T: Any + Send + Sync>(&self, render: impl FnOnce(&Self) -> T) -> Option<&T> {
+        self.rendered
+            .get_or_init(|| Box::new(render(self)))
+            .downcast_ref()
     }
 
     /// Hits so far (including those not yet written to the index).

@@ -158,7 +158,7 @@ impl Ecosystem for CargoRegistry {
         "cargo"
     }
 
-    async fn handle(self: Arc<Self>, request: EcosystemRequest) -> Reply {
+    async fn handle(self: Arc<Self>, request: EcosystemRequest<'_>) -> Reply {
         let path = request.path.trim_start_matches('/');
         if path.contains('%') {
             return Reply::bad_request("percent-escapes are not accepted in Cargo paths");

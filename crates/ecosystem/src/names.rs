@@ -2,7 +2,10 @@
 
 /// Decode `%2F`/`%2f` to `/` (npm's scoped-name spelling) and refuse any other escape, so no
 /// percent-encoded trick reaches a storage key or an upstream URL.
-pub fn decode_slashes_only(path: &str) -> Result<String, String> {
+pub fn decode_slashes_only(path: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+    if !path.contains('%') {
+        return Ok(std::borrow::Cow::Borrowed(path));
+    }
     let mut out = String::with_capacity(path.len());
     let mut rest = path;
     while let Some(i) = rest.find('%') {
@@ -16,7 +19,7 @@ pub fn decode_slashes_only(path: &str) -> Result<String, String> {
         }
     }
     out.push_str(rest);
-    Ok(out)
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// Whether `name` is a safe file name: `[A-Za-z0-9._+~-]`, not starting with `.`, at most 255

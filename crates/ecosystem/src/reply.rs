@@ -13,17 +13,18 @@ pub type ResolveFuture =
 /// Makes the [`ResolveFuture`] only when it is needed: on a hit nothing is built.
 pub type Resolver = Box<dyn FnOnce() -> ResolveFuture + Send + 'static>;
 
-/// A request as a handler sees it.
-#[derive(Debug)]
-pub struct EcosystemRequest {
+/// A request as a handler sees it, borrowed from the front's own (a handler that must keep
+/// any of it copies that part).
+#[derive(Debug, Clone, Copy)]
+pub struct EcosystemRequest<'a> {
     /// GET or HEAD (the front refuses other methods).
-    pub method: Method,
+    pub method: &'a Method,
     /// The path after the ecosystem prefix, still percent-encoded, starting with `/`.
-    pub path: String,
+    pub path: &'a str,
     /// The query string, if any.
-    pub query: Option<String>,
+    pub query: Option<&'a str>,
     /// Request headers.
-    pub headers: HeaderMap,
+    pub headers: &'a HeaderMap,
 }
 
 /// A metadata document to send.
@@ -107,5 +108,5 @@ pub trait Ecosystem: Send + Sync + std::fmt::Debug + 'static {
     fn name(&self) -> &'static str;
 
     /// Answer a request.
-    async fn handle(self: Arc<Self>, request: EcosystemRequest) -> Reply;
+    async fn handle(self: Arc<Self>, request: EcosystemRequest<'_>) -> Reply;
 }

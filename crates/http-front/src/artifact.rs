@@ -1,11 +1,11 @@
 //! Serving an artifact: hit (redirect or stream), miss (fetch and stream through).
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
-use proxyd_cache::metric_names as m;
 use proxyd_cache::{ArtifactEntry, CacheError, Fetched};
 use proxyd_ecosystem::{ArtifactReply, Resolver};
 use proxyd_storage_core::{ErrorKind, ResponseOverrides};
@@ -23,20 +23,53 @@ fn set(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
     }
 }
 
+/// The response headers of one cached artifact, rendered once and kept with its entry: a hit
+/// only clones them (a reference count each).
+#[derive(Clone)]
+struct Rendered {
+    content_type: Option<HeaderValue>,
+    etag: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+    disposition_text: String,
+    disposition: Option<HeaderValue>,
+    length: HeaderValue,
+}
+
+impl Rendered {
+    fn of(entry: &ArtifactEntry) -> Self {
+        let value = |v: &str| HeaderValue::from_str(v).ok();
+        let disposition_text = disposition(&entry.filename);
+        Self {
+            content_type: value(&entry.content_type),
+            etag: value(entry.etag()),
+            last_modified: value(&httpdate::fmt_http_date(entry.last_modified())),
+            disposition: value(&disposition_text),
+            disposition_text,
+            length: HeaderValue::from(entry.size),
+        }
+    }
+}
+
+/// The entry's rendered headers (rendered now if something else took the entry's slot).
+fn rendered(entry: &ArtifactEntry) -> Cow<'_, Rendered> {
+    match entry.rendered(Rendered::of) {
+        Some(rendered) => Cow::Borrowed(rendered),
+        None => Cow::Owned(Rendered::of(entry)),
+    }
+}
+
 /// The headers every 200/206/HEAD answer for a cached artifact carries.
-fn entity_headers(headers: &mut HeaderMap, entry: &ArtifactEntry) {
-    set(headers, header::CONTENT_TYPE, &entry.content_type);
-    set(headers, header::ETAG, entry.etag());
-    set(
-        headers,
-        header::LAST_MODIFIED,
-        &httpdate::fmt_http_date(entry.last_modified()),
-    );
-    set(
-        headers,
-        header::CONTENT_DISPOSITION,
-        &disposition(&entry.filename),
-    );
+fn entity_headers(headers: &mut HeaderMap, rendered: &Rendered) {
+    for (name, value) in [
+        (header::CONTENT_TYPE, &rendered.content_type),
+        (header::ETAG, &rendered.etag),
+        (header::LAST_MODIFIED, &rendered.last_modified),
+        (header::CONTENT_DISPOSITION, &rendered.disposition),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name, value.clone());
+        }
+    }
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 }
 
@@ -184,10 +217,10 @@ impl Front {
         if method == Method::HEAD {
             // Never redirected: answered from the index, without touching storage.
             let mut response = Response::new(body::empty());
-            entity_headers(response.headers_mut(), entry);
-            response
-                .headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(entry.size));
+            let rendered = rendered(entry);
+            let h = response.headers_mut();
+            entity_headers(h, &rendered);
+            h.insert(header::CONTENT_LENGTH, rendered.length.clone());
             return Ok(response);
         }
         self.cache.record_hit(entry);
@@ -205,10 +238,9 @@ impl Front {
         entry: &ArtifactEntry,
     ) -> Option<Response<Body>> {
         let ttl = self.direct_serve_ttl();
-        let overrides = ResponseOverrides::new(
-            Some(entry.content_type.clone()),
-            Some(disposition(&entry.filename)),
-        );
+        let rendered = rendered(entry);
+        let overrides =
+            ResponseOverrides::new(Some(&entry.content_type), Some(&rendered.disposition_text));
         match self
             .cache
             .storage()
@@ -216,7 +248,7 @@ impl Front {
             .await
         {
             Ok(url) => {
-                metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => "redirect")
+                self.direct_serve_counter(ecosystem, "redirect")
                     .increment(1);
                 tracing::debug!(key = %entry.key, location = %url.redacted(), "redirecting to storage");
                 let lifetime = url
@@ -224,21 +256,19 @@ impl Front {
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO)
                     .min(ttl);
+                // Emitted byte for byte as signed (moved, not copied, into the header).
+                let location =
+                    HeaderValue::from_maybe_shared(bytes::Bytes::from(url.into_string())).ok()?;
                 let mut response = Response::new(body::empty());
                 *response.status_mut() = StatusCode::FOUND;
                 let h = response.headers_mut();
-                // Emitted byte for byte as signed.
-                match HeaderValue::from_str(url.as_str()) {
-                    Ok(location) => h.insert(header::LOCATION, location),
-                    Err(_) => return None,
-                };
+                h.insert(header::LOCATION, location);
                 // Shared caches must not keep it; a client may reuse it for half its life.
-                set(
-                    h,
+                h.insert(
                     header::CACHE_CONTROL,
-                    &format!("private, max-age={}", lifetime.as_secs() / 2),
+                    self.redirect_cache_control(lifetime.as_secs() / 2),
                 );
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
                 Some(response)
             }
             Err(err) => {
@@ -247,8 +277,7 @@ impl Front {
                 } else {
                     "fallback_error"
                 };
-                metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => outcome)
-                    .increment(1);
+                self.direct_serve_counter(ecosystem, outcome).increment(1);
                 self.log_once(
                     &format!("{outcome}: {:?}: {}", err.kind(), err.message()),
                     "presigning failed; streaming cached downloads instead",
@@ -299,8 +328,16 @@ impl Front {
             body::stream(got.body)
         });
         let h = response.headers_mut();
-        entity_headers(h, entry);
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        let rendered = rendered(entry);
+        entity_headers(h, &rendered);
+        h.insert(
+            header::CONTENT_LENGTH,
+            if length == entry.size {
+                rendered.length.clone()
+            } else {
+                HeaderValue::from(length)
+            },
+        );
         if let Some(r) = range {
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
             set(

@@ -29,7 +29,10 @@ pub struct FrontSettings {
     pub disabled: HashMap<String, String>,
 }
 
-type RequestMetrics = HashMap<(&'static str, u16), (metrics::Counter, metrics::Histogram)>;
+/// Maps looked up on every request, keyed by proxyd's own labels: a fast hasher.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+type RequestMetrics = FastMap<(&'static str, u16), (metrics::Counter, metrics::Histogram)>;
 
 /// Renders the Prometheus text for `/metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -38,12 +41,16 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct Front {
     pub(crate) cache: Arc<Cache>,
     pub(crate) upstream: Upstream,
-    ecosystems: HashMap<&'static str, Arc<dyn Ecosystem>>,
+    ecosystems: FastMap<&'static str, Arc<dyn Ecosystem>>,
     settings: FrontSettings,
     can_sign: bool,
     metrics: Option<MetricsRender>,
     logged_causes: Mutex<HashSet<String>>,
     request_metrics: std::sync::RwLock<RequestMetrics>,
+    direct_serve_metrics:
+        std::sync::RwLock<FastMap<(&'static str, &'static str), metrics::Counter>>,
+    /// The last `Cache-Control` of a redirect, with its max-age: a run of redirects shares it.
+    redirect_cache_control: Mutex<Option<(u64, HeaderValue)>>,
     health: Mutex<Option<(Instant, bool, serde_json::Value)>>,
 }
 
@@ -88,6 +95,8 @@ impl Front {
             metrics,
             logged_causes: Mutex::new(HashSet::new()),
             request_metrics: Default::default(),
+            direct_serve_metrics: Default::default(),
+            redirect_cache_control: Mutex::new(None),
             health: Mutex::new(None),
         });
         let active = front
@@ -125,6 +134,46 @@ impl Front {
         made
     }
 
+    /// The direct-serve counter of one ecosystem and outcome, registered once.
+    pub(crate) fn direct_serve_counter(
+        &self,
+        ecosystem: &'static str,
+        outcome: &'static str,
+    ) -> metrics::Counter {
+        let key = (ecosystem, outcome);
+        if let Some(found) = self
+            .direct_serve_metrics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return found.clone();
+        }
+        let made = metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => outcome);
+        self.direct_serve_metrics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, made.clone());
+        made
+    }
+
+    /// `private, max-age=<max_age>` for a redirect.
+    pub(crate) fn redirect_cache_control(&self, max_age: u64) -> HeaderValue {
+        let mut last = self
+            .redirect_cache_control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match last.as_ref() {
+            Some((secs, value)) if *secs == max_age => value.clone(),
+            _ => {
+                let value = HeaderValue::from_str(&format!("private, max-age={max_age}"))
+                    .unwrap_or_else(|_| HeaderValue::from_static("private, max-age=0"));
+                *last = Some((max_age, value.clone()));
+                value
+            }
+        }
+    }
+
     /// Whether cached GETs of `ecosystem` are redirected.
     pub(crate) fn redirects_for(&self, ecosystem: &str) -> bool {
         let ds = &self.settings.direct_serve;
@@ -152,19 +201,25 @@ impl Front {
     pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let (parts, _body) = request.into_parts();
-        let path = parts.uri.path().to_owned();
+        let path = parts.uri.path();
         let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
         let label: &'static str = match first {
             "health" | "metrics" | "stats" => "admin",
             other => self.ecosystems.get(other).map_or("other", |e| e.name()),
         };
-        let response = match (first, path.as_str()) {
-            (_, "/health") => self.health().await,
-            (_, "/metrics") => self.metrics_text(),
-            (_, "/stats") => self.stats(),
+        let response = match path {
+            "/health" => self.health().await,
+            "/metrics" => self.metrics_text(),
+            "/stats" => self.stats(),
             _ => {
-                self.ecosystem_request(first, parts.method, &path, parts.uri.query(), parts.headers)
-                    .await
+                self.ecosystem_request(
+                    first,
+                    &parts.method,
+                    path,
+                    parts.uri.query(),
+                    &parts.headers,
+                )
+                .await
             }
         };
         let status = response.status().as_u16();
@@ -180,10 +235,10 @@ impl Front {
     async fn ecosystem_request(
         self: &Arc<Self>,
         prefix: &str,
-        method: Method,
+        method: &Method,
         path: &str,
         query: Option<&str>,
-        headers: HeaderMap,
+        headers: &HeaderMap,
     ) -> Response<Body> {
         let Some(ecosystem) = self.ecosystems.get(prefix).cloned() else {
             if let Some(setting) = self.settings.disabled.get(prefix) {
@@ -205,19 +260,15 @@ impl Front {
         }
         let rest = &path[prefix.len() + 1..];
         let request = EcosystemRequest {
-            method: method.clone(),
-            path: if rest.is_empty() {
-                "/".into()
-            } else {
-                rest.to_owned()
-            },
-            query: query.map(str::to_owned),
-            headers: headers.clone(),
+            method,
+            path: if rest.is_empty() { "/" } else { rest },
+            query,
+            headers,
         };
         match ecosystem.clone().handle(request).await {
-            Reply::Document(doc) => document(&method, &headers, doc),
+            Reply::Document(doc) => document(method, headers, doc),
             Reply::Artifact(artifact) => {
-                self.serve_artifact(ecosystem.name(), &method, &headers, artifact)
+                self.serve_artifact(ecosystem.name(), method, headers, artifact)
                     .await
             }
             Reply::Redirect(location) => {

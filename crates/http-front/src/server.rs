@@ -20,7 +20,11 @@ pub async fn serve(
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without half-close, hyper probes the socket for EOF while each request is in flight,
+    // which makes it allocate a fresh read buffer per request (the old one is still shared
+    // with the request's head). A client that hangs up is still noticed when we write.
+    builder.http1().half_close(true);
     loop {
         tokio::select! {
             accepted = listener.accept() => {

@@ -172,33 +172,51 @@ fn spec_from(
     })
 }
 
+/// `name/-/file` split at its first `/-/` (a byte scan: this runs on every tarball request).
+fn split_tarball_path(path: &str) -> Option<(&str, &str)> {
+    let at = path.as_bytes().windows(3).position(|w| w == b"/-/")?;
+    Some((&path[..at], &path[at + 3..]))
+}
+
 #[async_trait::async_trait]
 impl Ecosystem for Npm {
     fn name(&self) -> &'static str {
         "npm"
     }
 
-    async fn handle(self: Arc<Self>, request: EcosystemRequest) -> Reply {
+    async fn handle(self: Arc<Self>, request: EcosystemRequest<'_>) -> Reply {
         let raw = request.path.trim_start_matches('/');
         let path = match decode_slashes_only(raw) {
             Ok(path) => path,
             Err(reason) => return Reply::bad_request(reason),
         };
-        if let Some((name, file)) = path.split_once("/-/") {
+        if let Some((name, file)) = split_tarball_path(&path) {
             if let Err(reason) = validate(name) {
                 return Reply::bad_request(reason);
             }
             if !is_safe_file_name(file) || !file.ends_with(".tgz") {
                 return Reply::bad_request(format!("{file:?} is not an npm tarball file name"));
             }
-            let key = match ObjectKey::new(format!("npm/{name}/-/{file}")) {
+            let mut key = String::with_capacity(8 + name.len() + file.len());
+            for part in ["npm/", name, "/-/", file] {
+                key.push_str(part);
+            }
+            let key = match ObjectKey::new(key) {
                 Ok(key) => key,
                 Err(err) => return Reply::bad_request(err.message().to_owned()),
             };
             let this = self.clone();
-            let (miss_name, miss_file, miss_key) = (name.to_owned(), file.to_owned(), key.clone());
-            let resolve: proxyd_ecosystem::Resolver =
-                Box::new(move || Box::pin(this.resolve(miss_name, miss_file, miss_key)));
+            let miss_key = key.clone();
+            // Name and file are taken back out of the key on a miss, so a hit copies neither.
+            let resolve: proxyd_ecosystem::Resolver = Box::new(move || {
+                let (name, file) = miss_key
+                    .as_str()
+                    .strip_prefix("npm/")
+                    .and_then(|rest| rest.split_once("/-/"))
+                    .map(|(n, f)| (n.to_owned(), f.to_owned()))
+                    .unwrap_or_default();
+                Box::pin(this.resolve(name, file, miss_key))
+            });
             return Reply::Artifact(ArtifactReply { key, resolve });
         }
         if let Err(reason) = validate(&path) {

@@ -222,8 +222,8 @@ impl Ecosystem for PyPi {
         "pypi"
     }
 
-    async fn handle(self: Arc<Self>, request: EcosystemRequest) -> Reply {
-        let path = request.path.as_str();
+    async fn handle(self: Arc<Self>, request: EcosystemRequest<'_>) -> Reply {
+        let path = request.path;
         if path.contains('%') {
             return Reply::bad_request("percent-escapes are not accepted in PyPI paths");
         }

@@ -205,7 +205,7 @@ impl AzureStorage {
         &self,
         key: &ObjectKey,
         ttl: Duration,
-        overrides: &ResponseOverrides,
+        overrides: &ResponseOverrides<'_>,
     ) -> Result<PresignedUrl> {
         let config = &self.inner.config;
         let AzureCredentials::AccountKey(account_key) = &config.credentials else {
@@ -220,8 +220,8 @@ impl AzureStorage {
             start: now - CLOCK_SKEW,
             expiry,
             https_only: config.endpoint.starts_with("https://"),
-            content_type: overrides.content_type.as_deref(),
-            content_disposition: overrides.content_disposition.as_deref(),
+            content_type: overrides.content_type,
+            content_disposition: overrides.content_disposition,
         };
         let query = sas.query(account_key)?;
         // A SAS does not cover the host, so swapping it for the public one is safe.
@@ -269,7 +269,7 @@ impl Signer for AzureStorage {
         &self,
         key: &ObjectKey,
         ttl: Duration,
-        overrides: &ResponseOverrides,
+        overrides: &ResponseOverrides<'_>,
     ) -> Result<PresignedUrl> {
         if !self.presign_support().is_supported() {
             return Err(Error::unsupported("presign_get", SAS_ONLY));

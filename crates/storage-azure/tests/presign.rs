@@ -32,7 +32,7 @@ async fn sas_url_with_public_host_works_through_forwarder() {
         )
         .await
         .unwrap();
-    let overrides = ResponseOverrides::new(Some("application/octet-stream".into()), None);
+    let overrides = ResponseOverrides::new(Some("application/octet-stream"), None);
     let url = store
         .presign_get(&key, Duration::from_secs(600), &overrides)
         .await

@@ -53,25 +53,37 @@ fn check(key: &str, is_prefix: bool) -> Result<()> {
     if key.len() > MAX_KEY_LEN {
         return bad("is longer than 1024 bytes");
     }
-    for segment in key.split('/') {
-        if segment.is_empty() {
-            return bad("has an empty path segment (leading, trailing or doubled '/')");
-        }
-        if segment.starts_with('.') {
+    // One pass over the bytes: every key of every request goes through here.
+    let bytes = key.as_bytes();
+    let mut start = 0;
+    for i in 0..=bytes.len() {
+        let byte = bytes.get(i).copied();
+        if byte.is_none() || byte == Some(b'/') {
+            let segment = i - start;
+            if segment == 0 {
+                return bad("has an empty path segment (leading, trailing or doubled '/')");
+            }
+            if segment > MAX_SEGMENT_LEN {
+                return bad("has a segment longer than 255 bytes");
+            }
+            start = i + 1;
+        } else if i == start && byte == Some(b'.') {
             return bad("has a segment starting with '.'");
-        }
-        if segment.len() > MAX_SEGMENT_LEN {
-            return bad("has a segment longer than 255 bytes");
-        }
-        if let Some(c) = segment.chars().find(|c| !allowed(*c)) {
+        } else if byte.is_some_and(|b| !allowed(b)) {
+            // The first byte refused is ASCII or starts a multi-byte character: a boundary.
+            let c = key[i..].chars().next().unwrap_or_default();
             return bad(&format!("contains the character {c:?}"));
         }
     }
     Ok(())
 }
 
-fn allowed(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '@' | '+' | '=' | ',' | '!')
+fn allowed(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_' | b'.' | b'~' | b'@' | b'+' | b'=' | b',' | b'!'
+        )
 }
 
 impl fmt::Display for ObjectKey {

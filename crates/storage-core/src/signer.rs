@@ -33,19 +33,19 @@ impl PresignSupport {
 }
 
 /// Response headers a presigned GET makes storage send, so a redirected client sees what a
-/// streamed one would.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// streamed one would. Borrowed: a redirect signs them and lets go, so nothing is copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ResponseOverrides {
+pub struct ResponseOverrides<'a> {
     /// `Content-Type` of the response.
-    pub content_type: Option<String>,
+    pub content_type: Option<&'a str>,
     /// `Content-Disposition` of the response.
-    pub content_disposition: Option<String>,
+    pub content_disposition: Option<&'a str>,
 }
 
-impl ResponseOverrides {
-    /// Overrides for a content type and, optionally, an attachment file name.
-    pub fn new(content_type: Option<String>, content_disposition: Option<String>) -> Self {
+impl<'a> ResponseOverrides<'a> {
+    /// Overrides for a content type and a content disposition.
+    pub fn new(content_type: Option<&'a str>, content_disposition: Option<&'a str>) -> Self {
         Self {
             content_type,
             content_disposition,
@@ -69,6 +69,11 @@ impl PresignedUrl {
     /// The URL, byte for byte as signed: emit it unchanged.
     pub fn as_str(&self) -> &str {
         &self.url
+    }
+
+    /// The URL itself, byte for byte as signed.
+    pub fn into_string(self) -> String {
+        self.url
     }
 
     /// When storage stops accepting it.
@@ -112,7 +117,7 @@ pub trait Signer: Send + Sync + fmt::Debug + 'static {
         &self,
         key: &ObjectKey,
         ttl: Duration,
-        overrides: &ResponseOverrides,
+        overrides: &ResponseOverrides<'_>,
     ) -> Result<PresignedUrl> {
         let _ = (key, ttl, overrides);
         Err(Error::unsupported(

@@ -410,8 +410,8 @@ pub async fn presign_matches_support(store: &dyn Storage) {
         .await
         .unwrap();
     let overrides = ResponseOverrides::new(
-        Some("application/octet-stream".into()),
-        Some("attachment; filename=\"pkg-1.0.0.tgz\"".into()),
+        Some("application/octet-stream"),
+        Some("attachment; filename=\"pkg-1.0.0.tgz\""),
     );
     let ttl = Duration::from_secs(300);
     match store.presign_support() {
