@@ -108,3 +108,46 @@ pub struct Document {
     /// When it was fetched or last revalidated.
     pub fetched_at: SystemTime,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> ArtifactEntry {
+        ArtifactEntry {
+            key: ObjectKey::new("npm/a/-/a-1.0.0.tgz").unwrap(),
+            ecosystem: "npm".into(),
+            name: "a".into(),
+            version: "1.0.0".into(),
+            filename: "a-1.0.0.tgz".into(),
+            size: 3,
+            sha256: [0; 32],
+            content_type: "application/octet-stream".into(),
+            upstream_url: "http://127.0.0.1:1/a-1.0.0.tgz".into(),
+            fetched_at: UNIX_EPOCH,
+            etag: "\"00\"".into(),
+            hits: AtomicU64::new(0),
+            pending_hits: AtomicU64::new(0),
+            last_access: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            rendered: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn rendered_once_and_only_for_the_first_type() {
+        let entry = entry();
+        let mut calls = 0;
+        let first = entry.rendered(|e| {
+            calls += 1;
+            e.filename.len()
+        });
+        assert_eq!(first, Some(&11));
+        assert_eq!(
+            entry.rendered(|_| unreachable!("rendered twice")),
+            Some(&11usize)
+        );
+        assert_eq!(calls, 1);
+        assert_eq!(entry.rendered(|_| "another type"), None);
+    }
+}
