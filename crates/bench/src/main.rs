@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
-use peers::Env;
+use peers::{Env, Server};
 use procs::wrk;
 use stub::{Shape, Stub, bytes_of};
 
@@ -230,26 +230,51 @@ fn place(root: &std::path::Path, path: &str, bytes: &[u8]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// 1. Cache hit, 10 KiB, streamed from filesystem storage, 64 connections.
-async fn small_hits(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
+/// One npm tarball cached by proxyd on filesystem storage, and the same file served by nginx.
+struct CachedHit {
+    stub: Stub,
+    path: String,
+    _proxyd: Server,
+    nginx: Server,
+    _root: tempfile::TempDir,
+    url: String,
+    nurl: String,
+}
+
+async fn cached_hit(env: &Env, name: &str, size: usize, seed: u64) -> anyhow::Result<CachedHit> {
     let stub = Stub::start(Shape::default()).await;
-    let tarball = bytes_of(10 * 1024, 1);
-    stub.publish_npm("small", &[("1.0.0".into(), tarball.clone())], 0);
-    let path = "/small/-/small-1.0.0.tgz";
+    let tarball = bytes_of(size, seed);
+    stub.publish_npm(name, &[("1.0.0".into(), tarball.clone())], 0);
+    let path = format!("/{name}/-/{name}-1.0.0.tgz");
     let proxyd = env.proxyd(&npm_yaml(&stub), &[])?;
     let url = format!("{}/npm{path}", proxyd.url());
     get_all(&url).await?;
     let root = tempfile::tempdir()?;
-    place(root.path(), path, &tarball)?;
+    place(root.path(), &path, &tarball)?;
     let nginx = env.nginx(root.path(), "")?;
     let nurl = format!("{}{path}", nginx.url());
+    Ok(CachedHit {
+        stub,
+        path,
+        _proxyd: proxyd,
+        nginx,
+        _root: root,
+        url,
+        nurl,
+    })
+}
+
+/// 1. Cache hit, 10 KiB, streamed from filesystem storage, 64 connections.
+async fn small_hits(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
+    let hit = cached_hit(env, "small", 10 * 1024, 1).await?;
+    let (url, nurl, path) = (&hit.url, &hit.nurl, &hit.path);
     let rounds = alternate(
         s,
-        |d| Ok(wrk(&url, 64, d, &[])?.requests_per_sec),
-        |d| Ok(wrk(&nurl, 64, d, &[])?.requests_per_sec),
+        |d| Ok(wrk(url, 64, d, &[])?.requests_per_sec),
+        |d| Ok(wrk(nurl, 64, d, &[])?.requests_per_sec),
     )?;
-    drop(nginx);
-    let verdaccio = env.verdaccio(&stub.url(), "2m")?;
+    drop(hit.nginx);
+    let verdaccio = env.verdaccio(&hit.stub.url(), "2m")?;
     let vurl = format!("{}{path}", verdaccio.url());
     get_all(&format!("{}/small", verdaccio.url())).await?;
     get_all(&vurl).await?;
@@ -273,21 +298,11 @@ async fn small_hits(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
 
 /// 2. Cache hit, 64 MiB, streamed, 8 clients: throughput.
 async fn large_hits(env: &Env, s: u32) -> anyhow::Result<Row> {
-    let stub = Stub::start(Shape::default()).await;
-    let tarball = bytes_of(64 << 20, 2);
-    stub.publish_npm("large", &[("1.0.0".into(), tarball.clone())], 0);
-    let path = "/large/-/large-1.0.0.tgz";
-    let proxyd = env.proxyd(&npm_yaml(&stub), &[])?;
-    let url = format!("{}/npm{path}", proxyd.url());
-    get_all(&url).await?;
-    let root = tempfile::tempdir()?;
-    place(root.path(), path, &tarball)?;
-    let nginx = env.nginx(root.path(), "")?;
-    let nurl = format!("{}{path}", nginx.url());
+    let hit = cached_hit(env, "large", 64 << 20, 2).await?;
     let rounds = alternate(
         s,
-        |d| Ok(wrk(&url, 8, d, &[])?.bytes_per_sec / MIB),
-        |d| Ok(wrk(&nurl, 8, d, &[])?.bytes_per_sec / MIB),
+        |d| Ok(wrk(&hit.url, 8, d, &[])?.bytes_per_sec / MIB),
+        |d| Ok(wrk(&hit.nurl, 8, d, &[])?.bytes_per_sec / MIB),
     )?;
     Ok(Row::paired(
         "2. large hit (64 MiB), fs, 8 clients, MiB/s vs nginx",

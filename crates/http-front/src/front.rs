@@ -32,7 +32,27 @@ pub struct FrontSettings {
 /// Maps looked up on every request, keyed by proxyd's own labels: a fast hasher.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-type RequestMetrics = FastMap<(&'static str, u16), (metrics::Counter, metrics::Histogram)>;
+/// Metric handles registered once per label set: a registry lookup with freshly built labels
+/// on every request showed in profiles.
+struct Handles<K, V>(std::sync::RwLock<FastMap<K, V>>);
+
+impl<K: std::hash::Hash + Eq, V: Clone> Handles<K, V> {
+    fn new() -> Self {
+        Self(std::sync::RwLock::new(FastMap::default()))
+    }
+
+    fn get(&self, key: K, register: impl FnOnce() -> V) -> V {
+        if let Some(found) = self.0.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return found.clone();
+        }
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert_with(register)
+            .clone()
+    }
+}
 
 /// Renders the Prometheus text for `/metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -46,9 +66,8 @@ pub struct Front {
     can_sign: bool,
     metrics: Option<MetricsRender>,
     logged_causes: Mutex<HashSet<String>>,
-    request_metrics: std::sync::RwLock<RequestMetrics>,
-    direct_serve_metrics:
-        std::sync::RwLock<FastMap<(&'static str, &'static str), metrics::Counter>>,
+    request_metrics: Handles<(&'static str, u16), (metrics::Counter, metrics::Histogram)>,
+    direct_serve_metrics: Handles<(&'static str, &'static str), metrics::Counter>,
     /// The last `Cache-Control` of a redirect, with its max-age: a run of redirects shares it.
     redirect_cache_control: Mutex<Option<(u64, HeaderValue)>>,
     health: Mutex<Option<(Instant, bool, serde_json::Value)>>,
@@ -94,8 +113,8 @@ impl Front {
             can_sign,
             metrics,
             logged_causes: Mutex::new(HashSet::new()),
-            request_metrics: Default::default(),
-            direct_serve_metrics: Default::default(),
+            request_metrics: Handles::new(),
+            direct_serve_metrics: Handles::new(),
             redirect_cache_control: Mutex::new(None),
             health: Mutex::new(None),
         });
@@ -107,54 +126,29 @@ impl Front {
         front
     }
 
-    /// The request counter and duration histogram of one ecosystem and status, registered
-    /// once (a registry lookup with freshly built labels on every request showed in profiles).
+    /// The request counter and duration histogram of one ecosystem and status.
     fn request_metrics(
         &self,
         ecosystem: &'static str,
         status: u16,
     ) -> (metrics::Counter, metrics::Histogram) {
-        let key = (ecosystem, status);
-        if let Some(found) = self
-            .request_metrics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return found.clone();
-        }
-        let made = (
-            metrics::counter!(m::REQUESTS_TOTAL, "ecosystem" => ecosystem, "status" => status.to_string()),
-            metrics::histogram!(m::REQUEST_DURATION_SECONDS, "ecosystem" => ecosystem),
-        );
-        self.request_metrics
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, made.clone());
-        made
+        self.request_metrics.get((ecosystem, status), || {
+            (
+                metrics::counter!(m::REQUESTS_TOTAL, "ecosystem" => ecosystem, "status" => status.to_string()),
+                metrics::histogram!(m::REQUEST_DURATION_SECONDS, "ecosystem" => ecosystem),
+            )
+        })
     }
 
-    /// The direct-serve counter of one ecosystem and outcome, registered once.
+    /// The direct-serve counter of one ecosystem and outcome.
     pub(crate) fn direct_serve_counter(
         &self,
         ecosystem: &'static str,
         outcome: &'static str,
     ) -> metrics::Counter {
-        let key = (ecosystem, outcome);
-        if let Some(found) = self
-            .direct_serve_metrics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return found.clone();
-        }
-        let made = metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => outcome);
-        self.direct_serve_metrics
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, made.clone());
-        made
+        self.direct_serve_metrics.get((ecosystem, outcome), || {
+            metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => outcome)
+        })
     }
 
     /// `private, max-age=<max_age>` for a redirect.
