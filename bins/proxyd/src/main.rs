@@ -10,9 +10,18 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use proxyd_cache::{Cache, CacheSettings, SqliteIndex};
-use proxyd_ecosystem::{Ecosystem, MetadataCache, Upstream};
-use proxyd_http_front::{DirectServeSettings, Front, FrontSettings};
+use proxyd_ecosystem::{MetadataCache, Planned, Registry, SharedContext, UpstreamClients};
+use proxyd_http_front::{DirectServeSettings, DisabledMount, Front, FrontSettings};
 use settings::{Flags, LogFormat, Settings};
+
+/// The ecosystem kinds this binary serves: one line each.
+pub(crate) fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.register::<proxyd_npm::NpmKind>();
+    registry.register::<proxyd_pypi::PyPiKind>();
+    registry.register::<proxyd_cargo::CargoKind>();
+    registry
+}
 
 /// Threads for file I/O. Each keeps allocator caches, so the bound is a memory bound too; disk
 /// reads and writes gain nothing from more threads than this.
@@ -90,7 +99,7 @@ fn main() -> std::process::ExitCode {
                 config,
                 ..Flags::default()
             };
-            match settings::load(&flags, &env) {
+            match settings::load(&flags, &env, &registry()) {
                 Ok((settings, warnings)) => {
                     for w in warnings {
                         eprintln!("warning: {w}");
@@ -113,7 +122,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(flags: &Flags, env: &HashMap<String, String>) -> std::process::ExitCode {
-    let (settings, warnings) = match settings::load(flags, env) {
+    let registry = registry();
+    let (settings, warnings) = match settings::load(flags, env, &registry) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprint!("{err}");
@@ -135,7 +145,7 @@ fn run(flags: &Flags, env: &HashMap<String, String>) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(settings, env)) {
+    match runtime.block_on(serve(settings, &registry, env)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -159,7 +169,11 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-async fn serve(settings: Settings, env: &HashMap<String, String>) -> anyhow::Result<()> {
+async fn serve(
+    settings: Settings,
+    registry: &Registry,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -195,65 +209,53 @@ async fn serve(settings: Settings, env: &HashMap<String, String>) -> anyhow::Res
     let cache = Cache::open(storage, Arc::new(index), cache_settings)
         .await
         .context("cache index")?;
-    let upstream = Upstream::new(Duration::from_secs(10), Duration::from_secs(60))
-        .map_err(|e| anyhow::anyhow!("upstream client: {e}"))?;
-    let metadata = Arc::new(MetadataCache::new(
-        cache.clone(),
-        upstream.clone(),
-        settings.metadata_ttl,
-    ));
-
-    let mut ecosystems: Vec<Arc<dyn Ecosystem>> = Vec::new();
-    let mut disabled = HashMap::new();
-    for eco in settings::ECOSYSTEMS {
-        let Some(upstream_url) = settings.upstreams.get(*eco) else {
-            tracing::warn!(ecosystem = eco, setting = %format!("upstream.{eco}"), "ecosystem disabled: no upstream configured");
-            disabled.insert(
-                (*eco).to_owned(),
-                format!(
-                    "upstream.{eco} ({})",
-                    settings::env_name(&format!("upstream.{eco}"))
-                ),
-            );
-            continue;
-        };
-        let (upstream, base_url) = (upstream_url.clone(), settings.base_url.clone());
-        let handler: Arc<dyn Ecosystem> = match *eco {
-            "npm" => Arc::new(proxyd_npm::Npm::new(
-                proxyd_npm::NpmConfig { upstream, base_url },
-                metadata.clone(),
-            )),
-            "pypi" => Arc::new(proxyd_pypi::PyPi::new(
-                proxyd_pypi::PyPiConfig { upstream, base_url },
-                metadata.clone(),
-            )),
-            "cargo" => Arc::new(proxyd_cargo::CargoRegistry::new(
-                proxyd_cargo::CargoConfig { upstream, base_url },
-                metadata.clone(),
-            )),
-            other => anyhow::bail!("no handler for ecosystem {other}"),
-        };
-        tracing::info!(ecosystem = eco, upstream = %settings::redact_url(upstream_url), "ecosystem enabled");
-        ecosystems.push(handler);
+    let clients = Arc::new(UpstreamClients::new(&settings.upstream).context("upstream client")?);
+    let shared = SharedContext {
+        base_url: settings.base_url.clone(),
+        clients,
+        documents: Arc::new(MetadataCache::new(cache.clone(), settings.metadata_ttl)),
+    };
+    let mut instances = Vec::new();
+    let mut disabled = Vec::new();
+    for planned in settings.ecosystems.clone() {
+        match planned {
+            Planned::Enabled(spec) => {
+                let upstream = spec
+                    .upstream
+                    .as_ref()
+                    .map(|u| settings::redact_url(u.as_str()));
+                let instance = registry
+                    .build(spec, &shared)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                tracing::info!(ecosystem = instance.name, kind = instance.kind, mount = %format!("/{}/", instance.mount), upstream = ?upstream, "ecosystem enabled");
+                instances.push(instance);
+            }
+            Planned::Disabled {
+                name,
+                mount,
+                setting,
+            } => {
+                tracing::warn!(ecosystem = name, setting = %setting, "ecosystem disabled: no upstream configured");
+                disabled.push(DisabledMount {
+                    mount,
+                    name,
+                    setting,
+                });
+            }
+        }
     }
 
     let front_settings = FrontSettings {
         direct_serve: DirectServeSettings {
             enabled: settings.direct_serve,
             ttl: settings.direct_serve_ttl,
-            per_ecosystem: settings
-                .ecosystem_direct_serve
-                .clone()
-                .into_iter()
-                .collect(),
         },
-        disabled,
     };
     let render = Arc::new(move || prometheus.render());
     let front = Front::new(
         cache.clone(),
-        upstream,
-        ecosystems,
+        instances,
+        disabled,
         front_settings,
         Some(render),
     );

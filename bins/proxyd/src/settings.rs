@@ -1,17 +1,28 @@
 //! Settings: embedded defaults < file < environment < flags, merged by one pure function.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use config::{Config, File, FileFormat, Value, ValueKind};
+use proxyd_ecosystem::serde_json;
+use proxyd_ecosystem::settings::{parse_bool, parse_duration, parse_size, scalar_text};
+use proxyd_ecosystem::{Credential, Planned, Registry, UpstreamAuth, UpstreamSettings};
 
-/// Ecosystems proxyd knows; each has `upstream.<name>` and `ecosystems.<name>.direct_serve`.
-pub(crate) const ECOSYSTEMS: &[&str] = &["npm", "pypi", "cargo"];
+/// The fields of `upstream.auth.<name>`.
+const AUTH_FIELDS: &[&str] = &[
+    "url",
+    "type",
+    "username",
+    "password",
+    "token",
+    "header_name",
+    "header_value",
+];
 
 /// The effective settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) base_url: String,
@@ -22,11 +33,13 @@ pub(crate) struct Settings {
     pub(crate) direct_serve_base_url: Option<String>,
     pub(crate) verify_interval: Duration,
     pub(crate) database_path: PathBuf,
-    pub(crate) upstreams: BTreeMap<String, String>,
     pub(crate) metadata_ttl: Duration,
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
-    pub(crate) ecosystem_direct_serve: BTreeMap<String, bool>,
+    /// Every ecosystem instance, enabled or not.
+    pub(crate) ecosystems: Vec<Planned>,
+    /// Trust, egress and credentials of upstream requests.
+    pub(crate) upstream: UpstreamSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,70 +85,46 @@ const SCALAR_KEYS: &[&str] = &[
     "storage.direct_serve_base_url",
     "storage.verify_interval",
     "database.path",
+    "upstream.ca_file",
+    "upstream.allowed_hosts",
     "metadata_ttl",
     "log.level",
     "log.format",
 ];
 
-/// Every accepted key path.
-pub(crate) fn known_keys() -> Vec<String> {
+/// Every accepted key path: proxyd's own, `upstream.<kind>` for each kind, the fields of each
+/// instance (the default one of each kind and those `instances` names, with their kinds), and
+/// the fields of each credential `auth_names` names.
+pub(crate) fn known_keys(
+    registry: &Registry,
+    instances: &BTreeMap<String, String>,
+    auth_names: &BTreeSet<String>,
+) -> Vec<String> {
     let mut keys: Vec<String> = SCALAR_KEYS.iter().map(|k| (*k).to_owned()).collect();
-    for eco in ECOSYSTEMS {
-        keys.push(format!("upstream.{eco}"));
-        keys.push(format!("ecosystems.{eco}.direct_serve"));
+    for kind in registry.kinds() {
+        keys.push(format!("upstream.{kind}"));
+    }
+    let mut all: BTreeMap<String, String> = registry
+        .kinds()
+        .map(|k| (k.to_owned(), k.to_owned()))
+        .collect();
+    all.extend(instances.clone());
+    for (name, kind) in &all {
+        for field in registry.fields(kind) {
+            keys.push(format!("ecosystems.{name}.{field}"));
+        }
+    }
+    for name in auth_names {
+        for field in AUTH_FIELDS {
+            keys.push(format!("upstream.auth.{name}.{field}"));
+        }
     }
     keys
 }
 
 /// `storage.direct_serve_ttl` → `PROXYD_STORAGE_DIRECT_SERVE_TTL`.
 pub(crate) fn env_name(key: &str) -> String {
-    format!("PROXYD_{}", key.replace('.', "_").to_uppercase())
-}
-
-/// Parse `30s`, `15m`, `1h`, `7d` (or plain seconds).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 15m, 1h or 7d"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a duration like 30s, 15m, 1h or 7d"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(secs))
-}
-
-/// Parse `500MB`, `10GB`, `1TB` (decimal), `512MiB` (binary) or plain bytes.
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 500MB or 10GB"))?;
-    let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        "KIB" => 1 << 10,
-        "MIB" => 1 << 20,
-        "GIB" => 1 << 30,
-        "TIB" => 1 << 40,
-        _ => return Err(format!("{text:?} is not a size like 500MB or 10GB")),
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    proxyd_ecosystem::env_name(key)
 }
 
 fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
@@ -156,15 +145,159 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
     }
 }
 
+/// The file's own values (for finding the instances and credentials it names before the
+/// environment is mapped to keys).
+fn file_values(path: &std::path::Path, format: FileFormat) -> BTreeMap<String, Value> {
+    let mut values = BTreeMap::new();
+    if let Ok(config) = Config::builder()
+        .add_source(File::from(path).format(format).required(true))
+        .build()
+        && matches!(config.cache.kind, ValueKind::Table(_))
+    {
+        flatten("", &config.cache, &mut values);
+    }
+    values
+}
+
+/// Instances (name → kind) and credential names the file and the environment declare.
+fn declared(
+    registry: &Registry,
+    file: &BTreeMap<String, Value>,
+    env: &HashMap<String, String>,
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let mut instances = BTreeMap::new();
+    let mut auth = BTreeSet::new();
+    for (key, value) in file {
+        let parts: Vec<&str> = key.split('.').collect();
+        match parts.as_slice() {
+            ["ecosystems", name, field] => {
+                let kind = file
+                    .get(&format!("ecosystems.{name}.kind"))
+                    .and_then(|v| v.clone().into_string().ok())
+                    .unwrap_or_else(|| (*name).to_owned());
+                instances.insert((*name).to_owned(), kind);
+                let _ = (field, value);
+            }
+            ["upstream", "auth", name, _] => {
+                auth.insert((*name).to_owned());
+            }
+            _ => {}
+        }
+    }
+    for (var, value) in env {
+        if let Some(rest) = var.strip_prefix("PROXYD_ECOSYSTEMS_")
+            && let Some(name) = rest.strip_suffix("_KIND")
+        {
+            instances.insert(name.to_ascii_lowercase().replace('_', "-"), value.clone());
+        }
+        if let Some(rest) = var.strip_prefix("PROXYD_UPSTREAM_AUTH_") {
+            for field in AUTH_FIELDS {
+                let suffix = format!("_{}", field.to_ascii_uppercase());
+                if let Some(name) = rest.strip_suffix(&suffix)
+                    && !name.is_empty()
+                {
+                    auth.insert(name.to_ascii_lowercase());
+                    break;
+                }
+            }
+        }
+    }
+    for kind in registry.kinds() {
+        instances.remove(kind);
+    }
+    (instances, auth)
+}
+
+/// `${VAR}` in a credential replaced by the variable's value.
+fn expand(text: &str, env: &HashMap<String, String>, key: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find('}') else {
+            return Err(format!("{key}: unclosed ${{ in the value"));
+        };
+        let var = &rest[at + 2..at + end];
+        let value = env
+            .get(var)
+            .ok_or_else(|| format!("{key}: the environment variable {var} is not set"))?;
+        out.push_str(value);
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `upstream.auth.<name>` as a credential.
+fn credential(
+    name: &str,
+    fields: &BTreeMap<String, String>,
+    env: &HashMap<String, String>,
+) -> Result<UpstreamAuth, String> {
+    let key = |f: &str| format!("upstream.auth.{name}.{f}");
+    let get = |f: &str| -> Result<String, String> {
+        let raw = fields
+            .get(f)
+            .ok_or_else(|| format!("{}: missing", key(f)))?;
+        expand(raw, env, &key(f))
+    };
+    let url_prefix = get("url")?;
+    if !(url_prefix.starts_with("http://") || url_prefix.starts_with("https://")) {
+        return Err(format!(
+            "{}: {url_prefix:?} must be an http:// or https:// URL prefix",
+            key("url")
+        ));
+    }
+    let kind = fields.get("type").map_or("basic", String::as_str);
+    let credential = match kind {
+        "basic" => Credential::Basic {
+            username: get("username")?,
+            password: get("password")?,
+        },
+        "bearer" => Credential::Bearer {
+            token: get("token")?,
+        },
+        "header" => {
+            let header_name = get("header_name")?;
+            let name = proxyd_ecosystem::http::HeaderName::from_bytes(header_name.as_bytes())
+                .map_err(|_| format!("{}: not a header name", key("header_name")))?;
+            let value = proxyd_ecosystem::http::HeaderValue::from_str(&get("header_value")?)
+                .map_err(|_| format!("{}: not a header value", key("header_value")))?;
+            Credential::Header { name, value }
+        }
+        other => {
+            return Err(format!(
+                "{}: {other:?} is not basic, bearer or header",
+                key("type")
+            ));
+        }
+    };
+    Ok(UpstreamAuth {
+        name: name.to_owned(),
+        url_prefix,
+        credential,
+    })
+}
+
+fn to_json(value: &Value) -> serde_json::Value {
+    value
+        .clone()
+        .try_deserialize::<serde_json::Value>()
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// Merge defaults, the file, the environment (`env`) and `flags` into settings, reporting
-/// every bad key at once. Unknown `PROXYD_*` variables are returned as warnings.
+/// every bad key at once. Unknown `PROXYD_*` variables are returned as warnings. The
+/// ecosystem settings are checked by the kinds in `registry`.
 pub(crate) fn load(
     flags: &Flags,
     env: &HashMap<String, String>,
+    registry: &Registry,
 ) -> Result<(Settings, Vec<String>), SettingsError> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let mut builder = Config::builder();
+    let mut file = BTreeMap::new();
     if let Some(path) = &flags.config {
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("yaml" | "yml") => Some(FileFormat::Yaml),
@@ -173,6 +306,7 @@ pub(crate) fn load(
         };
         match format {
             Some(format) => {
+                file = file_values(path, format);
                 builder = builder.add_source(File::from(path.clone()).format(format).required(true))
             }
             None => problems.push(format!(
@@ -181,7 +315,8 @@ pub(crate) fn load(
             )),
         }
     }
-    let known = known_keys();
+    let (instances, auth_names) = declared(registry, &file, env);
+    let known = known_keys(registry, &instances, &auth_names);
     let by_env: HashMap<String, &String> = known.iter().map(|k| (env_name(k), k)).collect();
     let mut env_keys: Vec<_> = env.keys().filter(|k| k.starts_with("PROXYD_")).collect();
     env_keys.sort();
@@ -190,7 +325,7 @@ pub(crate) fn load(
             Some(key) => {
                 builder = builder
                     .set_override(key.as_str(), env[name].clone())
-                    .map_err(|e| SettingsError(vec![e.to_string()]))?;
+                    .map_err(|e| SettingsError(vec![format!("{key}: {e}")]))?;
             }
             None => warnings.push(format!("ignoring unknown environment variable {name}")),
         }
@@ -223,7 +358,9 @@ pub(crate) fn load(
         _ => problems.push("the settings file must hold a mapping of keys".into()),
     }
     for key in values.keys() {
-        if !known.contains(key) {
+        // Instance settings are checked by their kind, which names an unknown field.
+        let instance_key = key.starts_with("ecosystems.") && key.matches('.').count() == 2;
+        if !instance_key && !known.contains(key) {
             problems.push(format!("{key}: unknown setting"));
         }
     }
@@ -247,15 +384,10 @@ pub(crate) fn load(
         }
     };
     let boolean = |key: &str, raw: Option<String>, problems: &mut Vec<String>| -> Option<bool> {
-        match raw.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None => None,
-            Some("true" | "1" | "yes" | "on") => Some(true),
-            Some("false" | "0" | "no" | "off") => Some(false),
-            Some(other) => {
-                problems.push(format!("{key}: {other:?} is not true or false"));
-                None
-            }
-        }
+        let raw = raw?;
+        parse_bool(&raw)
+            .map_err(|e| problems.push(format!("{key}: {e}")))
+            .ok()
     };
     let duration = |key: &str, raw: Option<String>, default: &str, problems: &mut Vec<String>| {
         let raw = raw.unwrap_or_else(|| default.to_owned());
@@ -314,27 +446,72 @@ pub(crate) fn load(
             LogFormat::Text
         }
     };
-    let mut upstreams = BTreeMap::new();
-    let mut ecosystem_direct_serve = BTreeMap::new();
-    for eco in ECOSYSTEMS {
-        if let Some(url) = text(&format!("upstream.{eco}")) {
-            if url.starts_with("http://")
-                || url.starts_with("https://")
-                || url.starts_with("sparse+http")
-            {
-                upstreams.insert((*eco).to_owned(), url.trim_end_matches('/').to_owned());
-            } else {
-                problems.push(format!(
-                    "upstream.{eco}: {url:?} must be an http:// or https:// URL"
-                ));
-            }
-        }
-        let key = format!("ecosystems.{eco}.direct_serve");
-        let raw = parse(&key, &mut problems);
-        if let Some(on) = boolean(&key, raw, &mut problems) {
-            ecosystem_direct_serve.insert((*eco).to_owned(), on);
+
+    // Upstream trust, egress and credentials.
+    let ca_file = text("upstream.ca_file").map(PathBuf::from);
+    let allowed_hosts: Vec<String> = match values.get("upstream.allowed_hosts") {
+        None => Vec::new(),
+        Some(v) => match v.clone().into_array() {
+            Ok(items) => items
+                .into_iter()
+                .filter_map(|i| i.into_string().ok())
+                .collect(),
+            Err(_) => v
+                .clone()
+                .into_string()
+                .unwrap_or_default()
+                .split(',')
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        },
+    };
+    let mut auth = Vec::new();
+    for name in &auth_names {
+        let prefix = format!("upstream.auth.{name}.");
+        let fields: BTreeMap<String, String> = values
+            .iter()
+            .filter_map(|(k, v)| {
+                let field = k.strip_prefix(&prefix)?;
+                Some((field.to_owned(), v.clone().into_string().ok()?))
+            })
+            .collect();
+        match credential(name, &fields, env) {
+            Ok(rule) => auth.push(rule),
+            Err(e) => problems.push(e),
         }
     }
+
+    // Ecosystem instances, checked by their kinds.
+    let mut tree = serde_json::Map::new();
+    let mut upstreams = BTreeMap::new();
+    for (key, value) in &values {
+        let parts: Vec<&str> = key.splitn(3, '.').collect();
+        match parts.as_slice() {
+            ["ecosystems", name, field] => {
+                let entry = tree
+                    .entry((*name).to_owned())
+                    .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                if let serde_json::Value::Object(map) = entry {
+                    map.insert((*field).to_owned(), to_json(value));
+                }
+            }
+            ["upstream", kind] if registry.kinds().any(|k| k == *kind) => {
+                let json = to_json(value);
+                if scalar_text(&json).is_some_and(|t| !t.is_empty()) || json.is_array() {
+                    upstreams.insert((*kind).to_owned(), json);
+                }
+            }
+            _ => {}
+        }
+    }
+    let ecosystems = match registry.plan(&tree, &upstreams) {
+        Ok(planned) => planned,
+        Err(mut bad) => {
+            problems.append(&mut bad);
+            Vec::new()
+        }
+    };
     if !problems.is_empty() {
         return Err(SettingsError(problems));
     }
@@ -349,11 +526,15 @@ pub(crate) fn load(
             direct_serve_base_url,
             verify_interval,
             database_path,
-            upstreams,
             metadata_ttl,
             log_level,
             log_format,
-            ecosystem_direct_serve,
+            ecosystems,
+            upstream: UpstreamSettings {
+                ca_file,
+                allowed_hosts,
+                auth,
+            },
         },
         warnings,
     ))
@@ -399,15 +580,48 @@ impl Settings {
             format!("log.level = {}", self.log_level),
             format!("log.format = {:?}", self.log_format).to_lowercase(),
         ];
-        for eco in ECOSYSTEMS {
+        if let Some(ca) = &self.upstream.ca_file {
+            lines.push(format!("upstream.ca_file = {}", ca.display()));
+        }
+        if !self.upstream.allowed_hosts.is_empty() {
             lines.push(format!(
-                "upstream.{eco} = {}",
-                self.upstreams
-                    .get(*eco)
-                    .map_or("unset (disabled)".to_owned(), |u| redact_url(u))
+                "upstream.allowed_hosts = {}",
+                self.upstream.allowed_hosts.join(",")
             ));
-            if let Some(on) = self.ecosystem_direct_serve.get(*eco) {
-                lines.push(format!("ecosystems.{eco}.direct_serve = {on}"));
+        }
+        for rule in &self.upstream.auth {
+            lines.push(format!(
+                "upstream.auth.{} = {:?} for {}",
+                rule.name, rule.credential, rule.url_prefix
+            ));
+        }
+        for planned in &self.ecosystems {
+            match planned {
+                Planned::Disabled { name, setting, .. } => {
+                    lines.push(format!("{name}: disabled (set {setting})"));
+                }
+                Planned::Enabled(spec) => {
+                    let upstream = spec.upstream.as_ref().map_or("none".to_owned(), |u| {
+                        redact_url(u.as_str().trim_end_matches('/'))
+                    });
+                    let key = if spec.name == spec.kind {
+                        format!("upstream.{}", spec.kind)
+                    } else {
+                        format!("ecosystems.{}.upstream", spec.name)
+                    };
+                    lines.push(format!("{key} = {upstream}"));
+                    lines.push(format!(
+                        "ecosystems.{} = kind {}, mount /{}/, direct_serve {}, upstream timeout {}s, deadline {}s, retries {}, concurrency {}",
+                        spec.name,
+                        spec.kind,
+                        spec.mount,
+                        spec.direct_serve.unwrap_or(self.direct_serve),
+                        spec.limits.timeout.as_secs(),
+                        spec.limits.deadline.as_secs(),
+                        spec.limits.retries,
+                        spec.limits.concurrency
+                    ));
+                }
             }
         }
         lines.join("\n")
@@ -425,6 +639,34 @@ mod tests {
             .collect()
     }
 
+    fn load(
+        flags: &Flags,
+        env: &HashMap<String, String>,
+    ) -> Result<(Settings, Vec<String>), SettingsError> {
+        super::load(flags, env, &crate::registry())
+    }
+
+    fn file(name: &str, text: &str) -> (tempfile::TempDir, Flags) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let flags = Flags {
+            config: Some(path),
+            ..Flags::default()
+        };
+        (dir, flags)
+    }
+
+    fn enabled<'a>(s: &'a Settings, name: &str) -> &'a proxyd_ecosystem::InstanceSpec {
+        s.ecosystems
+            .iter()
+            .find_map(|p| match p {
+                Planned::Enabled(spec) if spec.name == name => Some(spec),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} is not enabled: {:?}", s.ecosystems))
+    }
+
     #[test]
     fn defaults() {
         let (s, warnings) = load(&Flags::default(), &env(&[])).unwrap();
@@ -434,30 +676,30 @@ mod tests {
         assert_eq!(s.storage_url, "file://./data/artifacts");
         assert_eq!(s.direct_serve_ttl, Duration::from_secs(900));
         assert_eq!(s.metadata_ttl, Duration::from_secs(300));
-        assert!(s.upstreams.is_empty());
+        assert_eq!(s.ecosystems.len(), 3);
+        assert!(
+            s.ecosystems
+                .iter()
+                .all(|p| matches!(p, Planned::Disabled { .. })),
+            "no upstream, no ecosystem"
+        );
         assert!(!s.direct_serve);
     }
 
     #[test]
     fn precedence_flags_env_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("proxyd.yaml");
-        std::fs::write(
-            &path,
+        let (_dir, mut flags) = file(
+            "proxyd.yaml",
             "listen: 127.0.0.1:9000\nstorage:\n  direct_serve: true\n  max_size: 10GB\nupstream:\n  npm: http://127.0.0.1:1/\nmetadata_ttl: 1h\n",
-        )
-        .unwrap();
-        let flags = Flags {
-            config: Some(path),
-            listen: Some("127.0.0.1:9100".into()),
-            ..Flags::default()
-        };
+        );
+        flags.listen = Some("127.0.0.1:9100".into());
         let (s, _) = load(
             &flags,
             &env(&[
                 ("PROXYD_LISTEN", "127.0.0.1:9050"),
                 ("PROXYD_STORAGE_DIRECT_SERVE_TTL", "30s"),
                 ("PROXYD_METADATA_TTL", "2m"),
+                ("PROXYD_UPSTREAM_PYPI", "http://127.0.0.1:2/simple/"),
             ]),
         )
         .unwrap();
@@ -470,26 +712,22 @@ mod tests {
         assert_eq!(s.direct_serve_ttl, Duration::from_secs(30));
         assert!(s.direct_serve);
         assert_eq!(s.max_size, Some(10_000_000_000));
-        assert_eq!(s.upstreams["npm"], "http://127.0.0.1:1");
+        let npm = enabled(&s, "npm");
+        assert_eq!(
+            npm.upstream.as_ref().unwrap().as_str(),
+            "http://127.0.0.1:1/"
+        );
+        assert_eq!(npm.mount, "npm");
+        assert_eq!(enabled(&s, "pypi").mount, "pypi");
     }
 
     #[test]
     fn every_bad_key_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("proxyd.toml");
-        std::fs::write(
-            &path,
-            "lisen = \"x\"\nmetadata_ttl = \"5 minutes\"\n[storage]\ndirect_serve = \"maybe\"\nmax_size = \"lots\"\n[upstream]\nnpm = \"ftp://x\"\nbogus = \"http://x\"\n",
-        )
-        .unwrap();
-        let err = load(
-            &Flags {
-                config: Some(path),
-                ..Flags::default()
-            },
-            &env(&[]),
-        )
-        .unwrap_err();
+        let (_dir, flags) = file(
+            "proxyd.toml",
+            "lisen = \"x\"\nmetadata_ttl = \"5 minutes\"\n[storage]\ndirect_serve = \"maybe\"\nmax_size = \"lots\"\n[upstream]\nnpm = \"ftp://x\"\nbogus = \"http://x\"\n[ecosystems.pypi]\nupstrem = \"http://x\"\n[ecosystems.internal]\nupstream = \"http://x\"\n",
+        );
+        let err = load(&flags, &env(&[])).unwrap_err();
         let text = err.to_string();
         for needle in [
             "lisen",
@@ -498,9 +736,78 @@ mod tests {
             "storage.max_size",
             "upstream.npm",
             "upstream.bogus",
+            "ecosystems.pypi: unknown field `upstrem`",
+            "ecosystems.internal.kind: missing",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn instances_mounts_and_their_environment() {
+        let (_dir, flags) = file(
+            "proxyd.yaml",
+            "upstream:\n  npm: http://127.0.0.1:1\necosystems:\n  npm-internal:\n    kind: npm\n    upstream: http://127.0.0.1:2\n    direct_serve: false\n",
+        );
+        let (s, warnings) = load(
+            &flags,
+            &env(&[
+                ("PROXYD_ECOSYSTEMS_NPM_INTERNAL_UPSTREAM_TIMEOUT", "5s"),
+                ("PROXYD_ECOSYSTEMS_MIRROR_KIND", "cargo"),
+                (
+                    "PROXYD_ECOSYSTEMS_MIRROR_UPSTREAM",
+                    "sparse+http://127.0.0.1:3/index/",
+                ),
+                ("PROXYD_ECOSYSTEMS_MIRROR_MOUNT", "crates"),
+            ]),
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let internal = enabled(&s, "npm-internal");
+        assert_eq!(
+            (internal.kind, internal.mount, internal.direct_serve),
+            ("npm", "npm-internal", Some(false))
+        );
+        assert_eq!(internal.limits.timeout, Duration::from_secs(5));
+        let mirror = enabled(&s, "mirror");
+        assert_eq!((mirror.kind, mirror.mount), ("cargo", "crates"));
+        assert_eq!(
+            mirror.upstream.as_ref().unwrap().as_str(),
+            "http://127.0.0.1:3/index"
+        );
+        let (_dir, flags) = file(
+            "clash.yaml",
+            "ecosystems:\n  other:\n    kind: npm\n    upstream: http://127.0.0.1:2\n    mount: pypi\n",
+        );
+        let text = load(&flags, &env(&[])).unwrap_err().to_string();
+        assert!(text.contains("ecosystems.other.mount"), "{text}");
+    }
+
+    #[test]
+    fn credentials_from_the_environment_never_printed() {
+        let (_dir, flags) = file(
+            "proxyd.yaml",
+            "upstream:\n  npm: http://127.0.0.1:1\n  auth:\n    internal:\n      url: http://127.0.0.1:1/\n      type: bearer\n      token: ${NPM_TOKEN}\n",
+        );
+        let (s, _) = load(
+            &flags,
+            &env(&[
+                ("NPM_TOKEN", "s3cr3t-token"),
+                ("PROXYD_UPSTREAM_AUTH_FILES_URL", "https://files.example/"),
+                ("PROXYD_UPSTREAM_AUTH_FILES_USERNAME", "me"),
+                ("PROXYD_UPSTREAM_AUTH_FILES_PASSWORD", "hunter2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.upstream.auth.len(), 2);
+        let rendered = s.render();
+        assert!(
+            !rendered.contains("s3cr3t") && !rendered.contains("hunter2"),
+            "{rendered}"
+        );
+        assert!(rendered.contains("upstream.auth.internal"), "{rendered}");
+        let err = load(&flags, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("NPM_TOKEN is not set"), "{err}");
     }
 
     #[test]
@@ -510,12 +817,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        assert!(parse_size("ten").is_err());
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
-        assert!(parse_duration("5x").is_err());
+    fn redaction() {
         assert_eq!(redact_url("http://u:p@h/x"), "http://<redacted>@h/x");
     }
 }

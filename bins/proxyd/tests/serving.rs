@@ -379,3 +379,149 @@ fn check_config_names_every_bad_key() {
     );
     assert!(!text.contains("secret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_from_metadata_to_private_addresses_are_refused() {
+    let (registry, proxyd) = start(&[], "").await;
+    // Another server on loopback, which is not the configured upstream's origin.
+    let inside = proxyd_testkit::static_server::StaticServer::start().await;
+    inside.put("/secret-1.0.0.tgz", "internal", "application/octet-stream");
+    for (name, tarball) in [
+        ("sneaky", format!("{}/secret-1.0.0.tgz", inside.url())),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/metadata-1.0.0.tgz".to_owned(),
+        ),
+    ] {
+        let file = tarball.rsplit('/').next().unwrap().to_owned();
+        let packument = serde_json::json!({
+            "name": name,
+            "versions": {"1.0.0": {"name": name, "version": "1.0.0", "dist": {"tarball": tarball}}},
+        });
+        registry.server().put(
+            &format!("/{name}"),
+            packument.to_string(),
+            "application/json",
+        );
+        let resp = client()
+            .get(format!("{}/npm/{name}/-/{file}", proxyd.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502, "{name}");
+        let text = resp.text().await.unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.contains("not a public address"), "{text}");
+    }
+    assert_eq!(inside.total_hits(), 0, "the private server was never asked");
+    assert_eq!(proxyd.stats().await["cached_artifacts"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_npm_instances_have_their_own_mount_keys_and_label() {
+    let public = NpmRegistry::start(&[Package::new("left", "1.0.0")]).await;
+    let internal = NpmRegistry::start(&[Package::new("right", "1.0.0")]).await;
+    let config = format!(
+        "upstream:\n  npm: {}\necosystems:\n  npm-internal:\n    kind: npm\n    upstream: {}\n",
+        public.url(),
+        internal.url()
+    );
+    let proxyd = ProxydProcess::start(BIN, &config, &[]);
+    let doc: serde_json::Value = client()
+        .get(format!("{}/npm-internal/right", proxyd.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tarball = doc["versions"]["1.0.0"]["dist"]["tarball"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        tarball,
+        format!("{}/npm-internal/right/-/right-1.0.0.tgz", proxyd.url())
+    );
+    let body = client()
+        .get(&tarball)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, internal.tarball(&Package::new("right", "1.0.0")));
+    assert!(
+        proxyd
+            .artifacts_dir()
+            .join("npm-internal/right/-/right-1.0.0.tgz")
+            .exists(),
+        "stored under the instance's prefix"
+    );
+    let missing = client()
+        .get(format!("{}/npm/right", proxyd.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        missing.status(),
+        404,
+        "the other instance's upstream has no such package"
+    );
+    let m = proxyd.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "proxyd_cache_misses_total",
+            &[("ecosystem", "npm-internal")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        proxyd.stats().await["ecosystems"]["npm-internal"]["cached_artifacts"],
+        1
+    );
+    assert_eq!(
+        public.total_hits(),
+        1,
+        "only the packument lookup of /npm/right"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_downloads_streamed_for_want_of_signing_are_counted() {
+    // Direct-serve on, but the filesystem cannot sign: each cached download is counted as a
+    // fallback (the cause is logged once).
+    let pkg = Package::new("unsigned", "1.0.0");
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!(
+        "storage:\n  url: file://{}\n  direct_serve: true\n",
+        dir.path().display()
+    );
+    let (_registry, proxyd) = start(std::slice::from_ref(&pkg), &storage).await;
+    let url = tarball_url(&proxyd, &pkg);
+    for _ in 0..3 {
+        let resp = client().get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let m = proxyd.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "proxyd_direct_serve_total",
+            &[("ecosystem", "npm"), ("outcome", "fallback_unsupported")]
+        ),
+        2.0,
+        "two hits after the miss"
+    );
+    assert_eq!(
+        proxyd
+            .log()
+            .matches("cannot sign; cached downloads are streamed")
+            .count(),
+        2,
+        "once at start-up, once at the first fallback"
+    );
+}

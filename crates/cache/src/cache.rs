@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::entry::{ArtifactEntry, ArtifactSpec, Document, from_unix_secs, unix_secs};
 use crate::metric_names as m;
-use crate::{CacheError, FetchFailure, Index, IndexRecord};
+use crate::{CacheError, FailureKind, FetchFailure, Index, IndexRecord};
 
 /// Chunks buffered between the upstream reader and each consumer (storage, the client).
 const CHANNEL_DEPTH: usize = 4;
@@ -447,11 +447,28 @@ impl Cache {
     where
         F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send,
     {
+        self.fetch_newer(spec, source, None).await
+    }
+
+    /// [`Cache::fetch`], where a cached entry fetched at or before `newer_than` does not count
+    /// (a file that must be revalidated is fetched again and replaced).
+    pub async fn fetch_newer<F>(
+        self: &Arc<Self>,
+        spec: ArtifactSpec,
+        source: F,
+        newer_than: Option<SystemTime>,
+    ) -> Result<Fetched, CacheError>
+    where
+        F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send,
+    {
         let joined = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(rx) = flights.get(&spec.key) {
                 Err(rx.clone())
-            } else if let Some(entry) = self.lookup(&spec.key) {
+            } else if let Some(entry) = self
+                .lookup(&spec.key)
+                .filter(|e| newer_than.is_none_or(|t| e.fetched_at > t))
+            {
                 // Committed between the caller's lookup and now.
                 return Ok(Fetched::Cached(entry));
             } else {
@@ -474,7 +491,7 @@ impl Cache {
         let upstream = match source.await {
             Ok(upstream) => upstream,
             Err(failure) => {
-                if failure.status != 404 {
+                if failure.kind != FailureKind::NotFound {
                     metrics::counter!(m::UPSTREAM_ERRORS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
                         .increment(1);
                 }
@@ -507,20 +524,18 @@ impl Cache {
                 Some(Ok(entry)) => Ok(Fetched::Cached(entry)),
                 Some(Err(failure)) => Err(failure.into()),
                 None => {
-                    Err(FetchFailure::new(502, "the upstream fetch ended without a result").into())
+                    Err(FetchFailure::upstream("the upstream fetch ended without a result").into())
                 }
             },
-            Ok(Err(_)) => Err(FetchFailure::new(502, "the upstream fetch was abandoned").into()),
-            Err(_) => {
-                Err(FetchFailure::new(504, "timed out waiting for the upstream fetch").into())
-            }
+            Ok(Err(_)) => Err(FetchFailure::upstream("the upstream fetch was abandoned").into()),
+            Err(_) => Err(FetchFailure::timeout("timed out waiting for the upstream fetch").into()),
         }
     }
 
     /// Read upstream, write storage, feed the client, verify, commit.
     async fn ingest(
         self: Arc<Self>,
-        spec: ArtifactSpec,
+        mut spec: ArtifactSpec,
         mut upstream: UpstreamBody,
         client: mpsc::Sender<std::io::Result<Bytes>>,
         done: FlightGuard,
@@ -535,7 +550,7 @@ impl Cache {
                 .await
         });
 
-        let mut verifier = spec.expected.as_ref().map(|d| d.verifier());
+        let mut verifier = spec.verifier.take();
         let mut received: u64 = 0;
         let mut client_alive = true;
         // The last chunk is held back from the client until the download is verified and
@@ -546,10 +561,9 @@ impl Cache {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(err) => {
-                    failure = Some(FetchFailure::new(
-                        502,
-                        format!("upstream download broke off: {err}"),
-                    ));
+                    failure = Some(FetchFailure::upstream(format!(
+                        "upstream download broke off: {err}"
+                    )));
                     break;
                 }
             };
@@ -571,23 +585,18 @@ impl Cache {
             && let Some(expected) = upstream.content_length
             && expected != received
         {
-            failure = Some(FetchFailure::new(
-                502,
-                format!("upstream sent {received} bytes of the {expected} it announced"),
-            ));
+            failure = Some(FetchFailure::upstream(format!(
+                "upstream sent {received} bytes of the {expected} it announced"
+            )));
         }
         if failure.is_none()
             && let Some(v) = verifier.take()
-            && !v.matches()
+            && let Err(reason) = v.finish()
         {
-            let alg = spec.expected.as_ref().map_or("", |d| d.algorithm());
-            failure = Some(FetchFailure::new(
-                502,
-                format!(
-                    "upstream file {} does not match its declared {alg} digest",
-                    spec.filename
-                ),
-            ));
+            failure = Some(FetchFailure::upstream(format!(
+                "upstream file {} {reason}",
+                spec.filename
+            )));
         }
 
         let result = match failure {
@@ -607,11 +616,11 @@ impl Cache {
                 match put.await {
                     Ok(Ok(put)) => Ok(self.commit(&spec, put.size, put.sha256).await),
                     Ok(Err(err)) => Err(FetchFailure::new(
-                        502,
+                        FailureKind::Storage,
                         format!("could not store the artifact: {err}"),
                     )),
                     Err(err) => Err(FetchFailure::new(
-                        502,
+                        FailureKind::Storage,
                         format!("storage task failed: {err}"),
                     )),
                 }
@@ -755,8 +764,7 @@ impl FlightGuard {
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        self.release(Err(FetchFailure::new(
-            502,
+        self.release(Err(FetchFailure::upstream(
             "the request that started the fetch went away",
         )));
     }

@@ -1,7 +1,18 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use md5::Md5;
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
+
+/// Checks an artifact's bytes as they stream, before anything is committed: a declared digest
+/// ([`ExpectedDigest::verifier`]) or a hash an ecosystem computes over the content.
+pub trait Verifier: Send + Sync + std::fmt::Debug {
+    /// Feed the next bytes.
+    fn update(&mut self, bytes: &[u8]);
+    /// `Ok` when everything fed is what was expected, else a reason completing the sentence
+    /// "upstream file NAME ..." (for example "does not match its declared sha256 digest").
+    fn finish(self: Box<Self>) -> Result<(), String>;
+}
 
 /// A digest the upstream registry declared for an artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,8 +21,10 @@ pub enum ExpectedDigest {
     Sha512(Vec<u8>),
     /// SHA-256 (PyPI's `#sha256=`, Cargo's `cksum`).
     Sha256(Vec<u8>),
-    /// SHA-1 (npm's legacy `dist.shasum`).
+    /// SHA-1 (npm's legacy `dist.shasum`, Maven's `.sha1`).
     Sha1(Vec<u8>),
+    /// MD5 (where nothing stronger is declared).
+    Md5(Vec<u8>),
 }
 
 impl ExpectedDigest {
@@ -54,8 +67,21 @@ impl ExpectedDigest {
         (bytes.len() == 20).then_some(Self::Sha1(bytes))
     }
 
+    /// Parse a hex SHA-512.
+    pub fn sha512_hex(hex_digest: &str) -> Option<Self> {
+        let bytes = hex::decode(hex_digest.trim()).ok()?;
+        (bytes.len() == 64).then_some(Self::Sha512(bytes))
+    }
+
+    /// Parse a hex MD5.
+    pub fn md5_hex(hex_digest: &str) -> Option<Self> {
+        let bytes = hex::decode(hex_digest.trim()).ok()?;
+        (bytes.len() == 16).then_some(Self::Md5(bytes))
+    }
+
     fn strength(&self) -> u8 {
         match self {
+            Self::Md5(_) => 0,
             Self::Sha1(_) => 1,
             Self::Sha256(_) => 2,
             Self::Sha512(_) => 3,
@@ -68,6 +94,7 @@ impl ExpectedDigest {
             Self::Sha512(_) => "sha512",
             Self::Sha256(_) => "sha256",
             Self::Sha1(_) => "sha1",
+            Self::Md5(_) => "md5",
         }
     }
 
@@ -77,11 +104,17 @@ impl ExpectedDigest {
             Self::Sha512(_) => State::Sha512(Sha512::new()),
             Self::Sha256(_) => State::Sha256(Sha256::new()),
             Self::Sha1(_) => State::Sha1(Sha1::new()),
+            Self::Md5(_) => State::Md5(Md5::new()),
         };
         DigestVerifier {
             expected: self.clone(),
             state,
         }
+    }
+
+    /// [`ExpectedDigest::verifier`], boxed for an [`crate::ArtifactSpec`].
+    pub fn boxed_verifier(&self) -> Box<dyn Verifier> {
+        Box::new(self.verifier())
     }
 }
 
@@ -89,6 +122,7 @@ enum State {
     Sha512(Sha512),
     Sha256(Sha256),
     Sha1(Sha1),
+    Md5(Md5),
 }
 
 /// Hashes bytes as they stream and says at the end whether they match.
@@ -104,6 +138,7 @@ impl DigestVerifier {
             State::Sha512(h) => h.update(bytes),
             State::Sha256(h) => h.update(bytes),
             State::Sha1(h) => h.update(bytes),
+            State::Md5(h) => h.update(bytes),
         }
     }
 
@@ -113,11 +148,38 @@ impl DigestVerifier {
             State::Sha512(h) => h.finalize().to_vec(),
             State::Sha256(h) => h.finalize().to_vec(),
             State::Sha1(h) => h.finalize().to_vec(),
+            State::Md5(h) => h.finalize().to_vec(),
         };
         let expected = match &self.expected {
-            ExpectedDigest::Sha512(d) | ExpectedDigest::Sha256(d) | ExpectedDigest::Sha1(d) => d,
+            ExpectedDigest::Sha512(d)
+            | ExpectedDigest::Sha256(d)
+            | ExpectedDigest::Sha1(d)
+            | ExpectedDigest::Md5(d) => d,
         };
         actual == *expected
+    }
+}
+
+impl std::fmt::Debug for DigestVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigestVerifier")
+            .field("algorithm", &self.expected.algorithm())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier for DigestVerifier {
+    fn update(&mut self, bytes: &[u8]) {
+        DigestVerifier::update(self, bytes);
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), String> {
+        let algorithm = self.expected.algorithm();
+        if self.matches() {
+            Ok(())
+        } else {
+            Err(format!("does not match its declared {algorithm} digest"))
+        }
     }
 }
 

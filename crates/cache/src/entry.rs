@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use proxyd_storage_core::ObjectKey;
 
-use crate::ExpectedDigest;
+use crate::Verifier;
 
 /// What an ecosystem handler knows about an artifact before it is fetched.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ArtifactSpec {
     /// Storage key.
     pub key: ObjectKey,
@@ -25,8 +25,9 @@ pub struct ArtifactSpec {
     pub content_type: String,
     /// Where upstream has it (from the upstream's own metadata, never from the client).
     pub upstream_url: String,
-    /// The digest upstream declared, checked before commit.
-    pub expected: Option<ExpectedDigest>,
+    /// Checks the bytes before they are committed (a declared digest, or a hash the ecosystem
+    /// computes over the content); `None` when upstream declared nothing to check against.
+    pub verifier: Option<Box<dyn Verifier>>,
 }
 
 /// A cached artifact as the index knows it.

@@ -8,7 +8,7 @@ mod index;
 pub mod metric_names;
 
 pub use cache::{Cache, CacheSettings, EcosystemStats, Fetched, Stats, UpstreamBody};
-pub use digest::{DigestVerifier, ExpectedDigest};
+pub use digest::{DigestVerifier, ExpectedDigest, Verifier};
 pub use entry::{ArtifactEntry, ArtifactSpec, Document};
-pub use error::{CacheError, FetchFailure};
+pub use error::{CacheError, FailureKind, FetchFailure};
 pub use index::{Index, IndexRecord, SqliteIndex};

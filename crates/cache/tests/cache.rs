@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use proxyd_cache::{
-    ArtifactSpec, Cache, CacheError, CacheSettings, ExpectedDigest, FetchFailure, Fetched, Index,
-    SqliteIndex, UpstreamBody,
+    ArtifactSpec, Cache, CacheError, CacheSettings, ExpectedDigest, FailureKind, FetchFailure,
+    Fetched, Index, SqliteIndex, UpstreamBody,
 };
 use proxyd_storage_core::{ObjectKey, Storage};
 use proxyd_storage_fs::FsStorage;
@@ -52,7 +52,7 @@ fn spec(name: &str, data: &[u8]) -> ArtifactSpec {
         filename: format!("{name}-1.0.0.tgz"),
         content_type: "application/octet-stream".into(),
         upstream_url: format!("http://127.0.0.1:1/{name}.tgz"),
-        expected: ExpectedDigest::from_sri(&sri),
+        verifier: ExpectedDigest::from_sri(&sri).map(|d| d.boxed_verifier()),
     }
 }
 
@@ -155,15 +155,16 @@ async fn broken_and_short_downloads_commit_nothing() {
         })
     };
     let mut s2 = spec("short", &data);
-    s2.expected = None; // only the length can catch this one
-    let fetched = s.cache.fetch(s2.clone(), source).await.unwrap();
+    s2.verifier = None; // only the length can catch this one
+    let short_key = s2.key.clone();
+    let fetched = s.cache.fetch(s2, source).await.unwrap();
     let err = drain(fetched, &s.storage).await.unwrap_err();
     assert!(
         err.to_string().contains("40000 bytes of the 50000"),
         "{err}"
     );
     assert!(s.storage.list("").await.unwrap().is_empty());
-    assert!(s.cache.lookup(&s2.key).is_none());
+    assert!(s.cache.lookup(&short_key).is_none());
 }
 
 #[tokio::test]
@@ -173,13 +174,16 @@ async fn upstream_failure_reaches_every_waiter_and_frees_the_key() {
     let err = s
         .cache
         .fetch(spec("gone", &data), async {
-            Err(FetchFailure::new(404, "not upstream"))
+            Err(FetchFailure::not_found("not upstream"))
         })
         .await
         .unwrap_err();
     assert!(matches!(
         err,
-        CacheError::Fetch(FetchFailure { status: 404, .. })
+        CacheError::Fetch(FetchFailure {
+            kind: FailureKind::NotFound,
+            ..
+        })
     ));
     // The key is free again: a later fetch runs.
     let source = async {

@@ -1,52 +1,127 @@
 use std::sync::Arc;
 
-use bytes::Bytes;
-use proxyd_cache::{ArtifactSpec, Document, ExpectedDigest, FetchFailure};
+use proxyd_ecosystem::http::{HeaderValue, Method};
+use proxyd_ecosystem::serde::Deserialize;
 use proxyd_ecosystem::{
-    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache,
-    RenderCache, Reply,
+    ArtifactSpec, Bytes, Document, DocumentReply, DocumentRequest, Documents, Ecosystem,
+    EcosystemContext, EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure,
+    Freshness, ObjectKey, Refusal, RenderCache, Reply, StoredReply, Upstream, Url, json_body,
+    read_only, serde_json, settings,
 };
-use proxyd_storage_core::ObjectKey;
 
 use crate::index::{download_url, find_version, index_path, valid_name, valid_version};
 
 const INDEX_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
-/// Settings of the Cargo handler.
-#[derive(Debug, Clone)]
+/// Settings of a Cargo instance (`upstream.cargo`, or an `ecosystems.<name>` of kind `cargo`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(crate = "proxyd_ecosystem::serde", deny_unknown_fields)]
 pub struct CargoConfig {
-    /// Upstream sparse index root, with or without `sparse+` and the trailing slash.
+    /// The upstream sparse index root, with or without `sparse+` and the trailing slash;
+    /// downloads follow its `config.json` `dl` template.
     pub upstream: String,
-    /// proxyd's public URL, without trailing slash.
-    pub base_url: String,
+}
+
+fn sparse_root(upstream: &str) -> &str {
+    let upstream = upstream.trim();
+    upstream
+        .strip_prefix("sparse+")
+        .unwrap_or(upstream)
+        .trim_end_matches('/')
+}
+
+/// The Cargo kind: register it with `registry.register::<CargoKind>()`.
+#[derive(Debug)]
+pub struct CargoKind;
+
+impl EcosystemKind for CargoKind {
+    const KIND: &'static str = "cargo";
+    type Config = CargoConfig;
+    type Handler = CargoRegistry;
+
+    fn upstream(config: &CargoConfig) -> Result<Option<Url>, String> {
+        settings::upstream_url(sparse_root(&config.upstream)).map(Some)
+    }
+
+    fn build(config: CargoConfig, context: EcosystemContext) -> Result<CargoRegistry, String> {
+        let body = Bytes::from(
+            serde_json::json!({
+                "dl": format!("{}/crates/{{crate}}/{{version}}/download", context.mount_url)
+            })
+            .to_string(),
+        );
+        Ok(CargoRegistry {
+            upstream: sparse_root(&config.upstream).to_owned(),
+            prefix: context.instance,
+            client: context.upstream,
+            documents: context.documents,
+            config_json: DocumentReply::new(
+                HeaderValue::from_static("application/json"),
+                body,
+                300,
+            ),
+            rendered: RenderCache::default(),
+        })
+    }
+}
+
+/// An index file is whole when every line is a JSON object and the last one ends: a file cut
+/// short would otherwise hide the newest versions or end in half a line.
+fn whole_index_file(body: &[u8]) -> Result<(), String> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    if !body.ends_with(b"\n") {
+        return Err("the last line does not end: the file was cut short".into());
+    }
+    for (n, line) in body.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if serde_json::from_slice::<serde_json::Value>(line).map_or(true, |v| !v.is_object()) {
+            return Err(format!("line {} is not a JSON object", n + 1));
+        }
+    }
+    Ok(())
 }
 
 /// The Cargo sparse-index handler.
 #[derive(Debug)]
 pub struct CargoRegistry {
     upstream: String,
-    metadata: Arc<MetadataCache>,
+    prefix: &'static str,
+    client: Upstream,
+    documents: Documents,
     config_json: DocumentReply,
     rendered: RenderCache<String>,
 }
 
+/// What a Cargo request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CargoOp {
+    /// `config.json`, whose `dl` points at proxyd.
+    Config,
+    /// The index file of a crate.
+    IndexFile(String),
+    /// A `.crate`, under its storage key (`{instance}/{name}/{name}-{version}.crate`), with the
+    /// name and version as asked.
+    Download {
+        /// Storage key.
+        key: ObjectKey,
+        /// Crate name as asked.
+        name: String,
+        /// Version.
+        version: String,
+    },
+}
+
 impl CargoRegistry {
-    /// A handler for the sparse index at `config.upstream`.
-    pub fn new(config: CargoConfig, metadata: Arc<MetadataCache>) -> Self {
-        let CargoConfig { upstream, base_url } = config;
-        let upstream = upstream.strip_prefix("sparse+").unwrap_or(&upstream);
-        let upstream = upstream.trim_end_matches('/').to_owned();
-        let base_url = base_url.trim_end_matches('/').to_owned();
-        let body = Bytes::from(
-            serde_json::json!({ "dl": format!("{base_url}/cargo/crates/{{crate}}/{{version}}/download") })
-                .to_string(),
-        );
-        let config_json = DocumentReply::new("application/json", body, 300);
-        Self {
-            upstream,
-            metadata,
-            config_json,
-            rendered: RenderCache::default(),
+    fn index_request<'a>(&self, key: &'a str, url: &'a str) -> DocumentRequest<'a> {
+        DocumentRequest {
+            key,
+            url,
+            accept: "*/*",
+            check: whole_index_file,
         }
     }
 
@@ -56,144 +131,156 @@ impl CargoRegistry {
         force: bool,
     ) -> Result<(Arc<Document>, Freshness), FetchFailure> {
         let path = index_path(name);
-        self.metadata
-            .get(
-                "cargo",
-                &format!("cargo/index/{path}"),
-                &format!("{}/{path}", self.upstream),
-                "*/*",
-                force,
-            )
+        let (key, url) = (format!("index/{path}"), format!("{}/{path}", self.upstream));
+        self.documents
+            .get(&self.index_request(&key, &url), force)
             .await
-            .map_err(|e| FetchFailure::from(&e))
+            .map_err(FetchFailure::from)
     }
 
     async fn index_file(&self, name: &str) -> Reply {
         let (doc, freshness) = match self.index_doc(name, false).await {
             Ok(found) => found,
-            Err(f) => return Reply::Error(f.status, f.message),
+            Err(f) => return f.into(),
         };
-        let rendered = self
-            .rendered
-            .get_or_render(name.to_ascii_lowercase(), &doc, |doc| {
-                let mut reply = DocumentReply::new(INDEX_CONTENT_TYPE, doc.body.clone(), 0);
+        self.rendered
+            .reply(name.to_ascii_lowercase(), &doc, freshness, |doc| {
+                let mut reply = DocumentReply::new(
+                    HeaderValue::from_static(INDEX_CONTENT_TYPE),
+                    doc.body.clone(),
+                    0,
+                );
                 reply.last_modified = doc.last_modified.clone();
                 Ok(reply)
-            });
-        let mut reply = match rendered {
-            Ok(reply) => reply,
-            Err(err) => return Reply::Error(502, err),
-        };
-        reply.stale = freshness == Freshness::Stale;
-        Reply::Document(reply)
+            })
     }
 
     /// The upstream `dl` template.
     async fn dl_template(&self) -> Result<String, FetchFailure> {
         let url = format!("{}/config.json", self.upstream);
-        let (doc, _) = self
-            .metadata
-            .get(
-                "cargo",
-                "cargo/config.json",
-                &url,
-                "application/json",
-                false,
-            )
-            .await
-            .map_err(|e| FetchFailure::from(&e))?;
+        let request = DocumentRequest {
+            key: "config.json",
+            url: &url,
+            accept: "application/json",
+            check: json_body,
+        };
+        let (doc, _) = self.documents.get(&request, false).await?;
         let v: serde_json::Value = serde_json::from_slice(&doc.body)
-            .map_err(|e| FetchFailure::new(502, format!("upstream config.json: {e}")))?;
+            .map_err(|e| FetchFailure::upstream(format!("upstream config.json: {e}")))?;
         v.get("dl")
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| FetchFailure::new(502, "upstream config.json has no dl"))
+            .ok_or_else(|| FetchFailure::upstream("upstream config.json has no dl"))
     }
 
     async fn resolve(
         self: Arc<Self>,
+        key: ObjectKey,
         name: String,
         version: String,
-        key: ObjectKey,
-    ) -> Result<ArtifactSpec, FetchFailure> {
-        for force in [false, true] {
-            let (doc, freshness) = self.index_doc(&name, force).await?;
-            if let Some(entry) = find_version(&doc.body, &version) {
-                let expected = ExpectedDigest::sha256_hex(&entry.cksum).ok_or_else(|| {
-                    FetchFailure::new(502, "upstream index line has a malformed cksum")
-                })?;
-                let dl = self.dl_template().await?;
-                let url = download_url(&dl, &entry.name, &version, &entry.cksum);
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(FetchFailure::new(
-                        502,
-                        "upstream dl template is not an HTTP URL",
-                    ));
-                }
-                return Ok(ArtifactSpec {
-                    key,
-                    ecosystem: "cargo",
-                    filename: format!("{}-{version}.crate", entry.name),
-                    name: entry.name,
-                    version,
-                    content_type: "application/gzip".into(),
-                    upstream_url: url,
-                    expected: Some(expected),
-                });
-            }
-            if matches!(freshness, Freshness::Fetched | Freshness::Stale) {
-                break;
-            }
-        }
-        Err(FetchFailure::new(
-            404,
-            format!("the index has no version {version} of {name}"),
-        ))
+    ) -> Result<Fetch, FetchFailure> {
+        let path = index_path(&name);
+        let (doc_key, url) = (format!("index/{path}"), format!("{}/{path}", self.upstream));
+        let found = self
+            .documents
+            .find(&self.index_request(&doc_key, &url), |doc| {
+                Ok(find_version(&doc.body, &version))
+            })
+            .await?;
+        let Some(entry) = found else {
+            return Err(FetchFailure::not_found(format!(
+                "the index has no version {version} of {name}"
+            )));
+        };
+        let expected = ExpectedDigest::sha256_hex(&entry.cksum)
+            .ok_or_else(|| FetchFailure::upstream("upstream index line has a malformed cksum"))?;
+        let dl = self.dl_template().await?;
+        let url = download_url(&dl, &entry.name, &version, &entry.cksum);
+        Ok(self.client.fetch(ArtifactSpec {
+            key,
+            ecosystem: self.prefix,
+            filename: format!("{}-{version}.crate", entry.name),
+            name: entry.name,
+            version,
+            content_type: "application/gzip".into(),
+            upstream_url: url,
+            verifier: Some(expected.boxed_verifier()),
+        }))
     }
 }
 
-#[async_trait::async_trait]
 impl Ecosystem for CargoRegistry {
-    fn name(&self) -> &'static str {
-        "cargo"
-    }
+    type Op = CargoOp;
 
-    async fn handle(self: Arc<Self>, request: EcosystemRequest<'_>) -> Reply {
-        let path = request.path.trim_start_matches('/');
+    fn route(&self, method: &Method, path: &str) -> Result<CargoOp, Refusal> {
+        read_only(method)?;
+        let path = path.strip_prefix('/').unwrap_or(path);
         if path.contains('%') {
-            return Reply::bad_request("percent-escapes are not accepted in Cargo paths");
+            return Err(Refusal::bad_request(
+                "percent-escapes are not accepted in Cargo paths",
+            ));
         }
         if path == "config.json" {
-            return Reply::Document(self.config_json.clone());
+            return Ok(CargoOp::Config);
         }
         let segments: Vec<&str> = path.split('/').collect();
         if let ["crates", name, version, "download"] = segments.as_slice() {
             if !valid_name(name) || !valid_version(version) {
-                return Reply::bad_request(format!(
+                return Err(Refusal::bad_request(format!(
                     "{name:?} {version:?} is not a crate name and version"
-                ));
+                )));
             }
             let lower = name.to_ascii_lowercase();
-            let key = match ObjectKey::new(format!("cargo/{lower}/{lower}-{version}.crate")) {
-                Ok(key) => key,
-                Err(err) => return Reply::bad_request(err.message().to_owned()),
-            };
-            let this = self.clone();
-            let (miss_name, miss_version, miss_key) =
-                ((*name).to_owned(), (*version).to_owned(), key.clone());
-            let resolve: proxyd_ecosystem::Resolver =
-                Box::new(move || Box::pin(this.resolve(miss_name, miss_version, miss_key)));
-            return Reply::Artifact(ArtifactReply { key, resolve });
+            let key = ObjectKey::new(format!("{}/{lower}/{lower}-{version}.crate", self.prefix))
+                .map_err(|e| Refusal::bad_request(e.message().to_owned()))?;
+            return Ok(CargoOp::Download {
+                key,
+                name: (*name).to_owned(),
+                version: (*version).to_owned(),
+            });
         }
         let Some(name) = segments.last().copied() else {
-            return Reply::not_found("no such index file");
+            return Err(Refusal::not_found("no such index file"));
         };
         if !valid_name(name) {
-            return Reply::bad_request(format!("{name:?} is not a crate name"));
+            return Err(Refusal::bad_request(format!(
+                "{name:?} is not a crate name"
+            )));
         }
         if index_path(name) != path {
-            return Reply::not_found(format!("{path} is not the index path of {name}"));
+            return Err(Refusal::not_found(format!(
+                "{path} is not the index path of {name}"
+            )));
         }
-        self.index_file(name).await
+        Ok(CargoOp::IndexFile(name.to_owned()))
+    }
+
+    async fn handle(self: Arc<Self>, op: CargoOp, _request: EcosystemRequest<'_>) -> Reply {
+        match op {
+            CargoOp::Config => Reply::Document(self.config_json.clone()),
+            CargoOp::IndexFile(name) => self.index_file(&name).await,
+            CargoOp::Download { key, name, version } => {
+                let this = self.clone();
+                let miss_key = key.clone();
+                Reply::Stored(StoredReply::immutable(
+                    key,
+                    Box::new(move || Box::pin(this.resolve(miss_key, name, version))),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_files_cut_short_are_refused() {
+        assert!(whole_index_file(b"{\"name\":\"a\"}\n{\"name\":\"a\"}\n").is_ok());
+        assert!(whole_index_file(b"").is_ok());
+        assert!(whole_index_file(b"{\"name\":\"a\"}\n{\"name\":").is_err());
+        assert!(whole_index_file(b"{\"name\":\"a\"}\n{\"na\n").is_err());
+        assert!(whole_index_file(b"[1]\n").is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Sparse index paths, index lines and the `dl` template.
 
-use serde_json::Value;
+use proxyd_ecosystem::serde_json::{self, Value};
 
 /// Whether `name` is a valid crate name.
 pub(crate) fn valid_name(name: &str) -> bool {

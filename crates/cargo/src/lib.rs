@@ -3,4 +3,4 @@
 mod handler;
 mod index;
 
-pub use handler::{CargoConfig, CargoRegistry};
+pub use handler::{CargoConfig, CargoKind, CargoOp, CargoRegistry};

@@ -1,14 +1,42 @@
 #![doc = include_str!("../README.md")]
 
+mod contract;
+mod egress;
+mod kind;
 mod metadata;
 pub mod names;
 mod render;
 mod reply;
+pub mod settings;
 mod upstream;
 
-pub use metadata::{Freshness, MetadataCache};
+pub use contract::{Ecosystem, EcosystemRequest, Handler, read_only};
+pub use kind::{
+    COMMON_FIELDS, EcosystemContext, EcosystemKind, InstanceSpec, MountedInstance, Planned,
+    Registry, SharedContext, env_name,
+};
+pub use metadata::{
+    DocumentCheck, DocumentRequest, Documents, Freshness, MetadataCache, any_body, json_body,
+};
 pub use render::RenderCache;
 pub use reply::{
-    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Reply, ResolveFuture, Resolver,
+    DocumentReply, Fetch, FreshnessRule, Refusal, RefusalKind, Reply, ResolveFuture, Resolver,
+    SourceFuture, StoredReply,
 };
-pub use upstream::{Upstream, UpstreamError, UpstreamResponse};
+pub use upstream::{
+    Credential, Upstream, UpstreamAuth, UpstreamClients, UpstreamConfigError, UpstreamError,
+    UpstreamLimits, UpstreamResponse, UpstreamSettings,
+};
+
+// The vocabulary an ecosystem crate needs, so that it depends on this crate alone.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use http;
+pub use proxyd_cache::{
+    ArtifactSpec, DigestVerifier, Document, ExpectedDigest, FailureKind, FetchFailure, Verifier,
+};
+pub use proxyd_storage_core::ObjectKey;
+pub use serde;
+pub use serde_json;
+pub use tracing;
+pub use url::Url;

@@ -1,8 +1,12 @@
+//! Upstream metadata documents: fresh for the TTL, then revalidated; persisted in the cache
+//! index; served stale when the upstream fails; never kept when they are cut short or do not
+//! parse.
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use proxyd_cache::{Cache, Document};
+use proxyd_cache::{Cache, Document, FetchFailure};
 
 use crate::{Upstream, UpstreamError, UpstreamResponse};
 
@@ -19,42 +23,53 @@ pub enum Freshness {
     Stale,
 }
 
-/// Upstream metadata documents: fresh for `ttl`, then revalidated; persisted in the cache
-/// index; served stale when the upstream fails.
+/// Checks that a body is a whole, well-formed document of its kind (JSON that parses, an index
+/// whose last line is complete, ...); a body that fails is never served or kept.
+pub type DocumentCheck = fn(&[u8]) -> Result<(), String>;
+
+/// A check that accepts anything (for documents whose format has no end to look for).
+pub fn any_body(_: &[u8]) -> Result<(), String> {
+    Ok(())
+}
+
+/// A check that the body is one JSON value.
+pub fn json_body(body: &[u8]) -> Result<(), String> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|e| format!("not valid JSON ({e})"))
+}
+
+/// The documents of every instance, keyed `{instance}/{key}`.
 #[derive(Debug)]
 pub struct MetadataCache {
     cache: Arc<Cache>,
-    upstream: Upstream,
     ttl: Duration,
     memory: Mutex<HashMap<String, Arc<Document>>>,
     refreshing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// One document to get.
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentRequest<'a> {
+    /// Key under the instance (`full/lodash`).
+    pub key: &'a str,
+    /// Upstream URL.
+    pub url: &'a str,
+    /// `Accept` sent upstream.
+    pub accept: &'a str,
+    /// What makes a body whole.
+    pub check: DocumentCheck,
+}
+
 impl MetadataCache {
     /// Documents kept fresh for `ttl`.
-    pub fn new(cache: Arc<Cache>, upstream: Upstream, ttl: Duration) -> Self {
+    pub fn new(cache: Arc<Cache>, ttl: Duration) -> Self {
         Self {
             cache,
-            upstream,
             ttl,
             memory: Mutex::new(HashMap::new()),
             refreshing: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The freshness TTL.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// The upstream client.
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
-    }
-
-    /// The cache (artifacts and documents).
-    pub fn cache(&self) -> &Arc<Cache> {
-        &self.cache
     }
 
     fn remembered(&self, key: &str) -> Option<Arc<Document>> {
@@ -70,11 +85,6 @@ impl MetadataCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.to_owned(), doc);
-    }
-
-    /// The document `key` if it is in memory and fresh; never asks upstream.
-    pub fn fresh(&self, key: &str) -> Option<Arc<Document>> {
-        self.remembered(key).filter(|doc| self.is_fresh(doc))
     }
 
     fn is_fresh(&self, doc: &Document) -> bool {
@@ -99,14 +109,34 @@ impl MetadataCache {
         }
     }
 
-    /// The document `key`, fetched from `url` when missing or stale (or always, with
-    /// `force`). Concurrent refreshes of one key make one upstream request.
-    pub async fn get(
+    /// Per-key refresh locks, removed when the last holder is done (so names clients make up
+    /// leave nothing behind).
+    fn refresh_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.to_owned()).or_default().clone()
+    }
+
+    fn release_refresh_lock(&self, key: &str, lock: &Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else waits for this key.
+        if Arc::strong_count(lock) <= 2 {
+            map.remove(key);
+        }
+    }
+
+    /// Refresh locks held now (a test hook for the bound on client-chosen keys).
+    pub fn refresh_locks(&self) -> usize {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    async fn get(
         &self,
-        ecosystem: &'static str,
+        upstream: &Upstream,
         key: &str,
-        url: &str,
-        accept: &str,
+        request: &DocumentRequest<'_>,
         force: bool,
     ) -> Result<(Arc<Document>, Freshness), UpstreamError> {
         if !force
@@ -115,12 +145,23 @@ impl MetadataCache {
         {
             return Ok((doc, Freshness::Fresh));
         }
-        let lock = {
-            let mut map = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(key.to_owned()).or_default().clone()
+        let lock = self.refresh_lock(key);
+        let result = {
+            let _one_refresh = lock.lock().await;
+            self.refresh(upstream, key, request, force).await
         };
+        self.release_refresh_lock(key, &lock);
+        result
+    }
+
+    async fn refresh(
+        &self,
+        upstream: &Upstream,
+        key: &str,
+        request: &DocumentRequest<'_>,
+        force: bool,
+    ) -> Result<(Arc<Document>, Freshness), UpstreamError> {
         let started = SystemTime::now();
-        let _one_refresh = lock.lock().await;
         let known = self.known(key).await;
         if let Some(doc) = &known {
             // Fresh, or refreshed by the request this one waited for.
@@ -130,10 +171,19 @@ impl MetadataCache {
         }
         let etag = known.as_ref().and_then(|d| d.etag.as_deref());
         let last_modified = known.as_ref().and_then(|d| d.last_modified.as_deref());
-        let result = self
-            .upstream
-            .document(ecosystem, url, accept, etag, last_modified)
-            .await;
+        let result = upstream
+            .document(request.url, request.accept, etag, last_modified)
+            .await
+            .and_then(|response| match response {
+                UpstreamResponse::Body { ref body, .. } => match (request.check)(body) {
+                    Ok(()) => Ok(response),
+                    Err(reason) => Err(UpstreamError::Invalid {
+                        url: crate::upstream::loggable(request.url).to_owned(),
+                        reason,
+                    }),
+                },
+                UpstreamResponse::NotModified => Ok(response),
+            });
         let (doc, freshness) = match (result, known) {
             (Ok(UpstreamResponse::NotModified), Some(old)) => {
                 let mut doc = (*old).clone();
@@ -143,7 +193,7 @@ impl MetadataCache {
             (Ok(UpstreamResponse::NotModified), None) => {
                 return Err(UpstreamError::Status {
                     status: 304,
-                    url: url.to_owned(),
+                    url: request.url.to_owned(),
                 });
             }
             (
@@ -169,12 +219,89 @@ impl MetadataCache {
                 tracing::warn!(key, error = %err, "upstream failed; serving the last copy seen");
                 return Ok((old, Freshness::Stale));
             }
-            (Err(err), None) => return Err(err),
+            (Err(err), None) => {
+                tracing::warn!(key, error = %err, "upstream failed and no copy is kept");
+                return Err(err);
+            }
         };
         if let Err(err) = self.cache.put_document(key, (*doc).clone()).await {
             tracing::error!(key, error = %err, "could not store a document");
         }
         self.remember(key, doc.clone());
         Ok((doc, freshness))
+    }
+}
+
+/// One instance's documents: its key prefix and its upstream.
+#[derive(Debug, Clone)]
+pub struct Documents {
+    store: Arc<MetadataCache>,
+    upstream: Upstream,
+    prefix: &'static str,
+}
+
+impl Documents {
+    /// The documents of the instance `prefix`, fetched through `upstream`.
+    pub fn new(store: Arc<MetadataCache>, upstream: Upstream, prefix: &'static str) -> Self {
+        Self {
+            store,
+            upstream,
+            prefix,
+        }
+    }
+
+    /// The instance's upstream client.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The freshness TTL.
+    pub fn ttl(&self) -> Duration {
+        self.store.ttl
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        let mut full = String::with_capacity(self.prefix.len() + 1 + key.len());
+        full.push_str(self.prefix);
+        full.push('/');
+        full.push_str(key);
+        full
+    }
+
+    /// The document `key` if it is in memory and fresh; never asks upstream.
+    pub fn fresh(&self, key: &str) -> Option<Arc<Document>> {
+        self.store
+            .remembered(&self.full_key(key))
+            .filter(|doc| self.store.is_fresh(doc))
+    }
+
+    /// The document, fetched when missing or stale (or always, with `force`). Concurrent
+    /// refreshes of one key make one upstream request.
+    pub async fn get(
+        &self,
+        request: &DocumentRequest<'_>,
+        force: bool,
+    ) -> Result<(Arc<Document>, Freshness), UpstreamError> {
+        let key = self.full_key(request.key);
+        self.store.get(&self.upstream, &key, request, force).await
+    }
+
+    /// What `find` finds in the document, looking once more upstream when the kept copy does
+    /// not have it (a version published after it was fetched). `None` when neither has it.
+    pub async fn find<T>(
+        &self,
+        request: &DocumentRequest<'_>,
+        mut find: impl FnMut(&crate::Document) -> Result<Option<T>, String>,
+    ) -> Result<Option<T>, FetchFailure> {
+        for force in [false, true] {
+            let (doc, freshness) = self.get(request, force).await?;
+            if let Some(found) = find(&doc).map_err(FetchFailure::upstream)? {
+                return Ok(Some(found));
+            }
+            if matches!(freshness, Freshness::Fetched | Freshness::Stale) {
+                break;
+            }
+        }
+        Ok(None)
     }
 }

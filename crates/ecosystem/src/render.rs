@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use proxyd_cache::Document;
 
-use crate::DocumentReply;
+use crate::{DocumentReply, Freshness, Refusal, Reply};
 
 /// Replies rendered from upstream documents, kept until the document changes, so a metadata
 /// hit costs a map lookup instead of a parse and a rewrite.
@@ -45,5 +45,23 @@ impl<K: Hash + Eq> RenderCache<K> {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, (doc.clone(), reply.clone()));
         Ok(reply)
+    }
+
+    /// [`RenderCache::get_or_render`] as a reply: marked stale when `freshness` says the
+    /// upstream failed, a 502 when rendering fails.
+    pub fn reply(
+        &self,
+        key: K,
+        doc: &Arc<Document>,
+        freshness: Freshness,
+        render: impl FnOnce(&Document) -> Result<DocumentReply, String>,
+    ) -> Reply {
+        match self.get_or_render(key, doc, render) {
+            Ok(mut reply) => {
+                reply.stale = freshness == Freshness::Stale;
+                Reply::Document(reply)
+            }
+            Err(err) => Reply::Error(Refusal::upstream(err)),
+        }
     }
 }

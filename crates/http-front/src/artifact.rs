@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use proxyd_cache::{ArtifactEntry, CacheError, Fetched};
-use proxyd_ecosystem::{ArtifactReply, Resolver};
+use proxyd_ecosystem::{Fetch, FreshnessRule, Refusal, Resolver, StoredReply};
 use proxyd_storage_core::{ErrorKind, ResponseOverrides};
 
 use crate::body::{self, Body};
-use crate::front::{Front, not_modified};
+use crate::front::{Front, not_modified, refusal_response};
 
 fn disposition(filename: &str) -> String {
     format!("attachment; filename=\"{filename}\"")
@@ -101,7 +101,7 @@ fn parse_range(value: &str, size: u64) -> RangeRequest {
             Err(_) => return RangeRequest::Whole,
         },
         (start, end) => match (start.parse::<u64>(), end.parse::<u64>()) {
-            (Ok(s), Ok(e)) if s <= e => s..(e + 1).min(size),
+            (Ok(s), Ok(e)) if s <= e => s..e.saturating_add(1).min(size),
             _ => return RangeRequest::Whole,
         },
     };
@@ -116,53 +116,96 @@ fn parse_range(value: &str, size: u64) -> RangeRequest {
 
 fn fetch_error(err: &CacheError) -> Response<Body> {
     match err {
-        CacheError::Fetch(f) => body::error(f.status, &f.message),
+        CacheError::Fetch(f) => refusal_response(&Refusal::from(f.clone())),
         other => body::error(502, &other.to_string()),
     }
 }
 
-impl Front {
-    /// A cache hit is served from here; a miss is fetched first.
-    pub(crate) async fn serve_artifact(
-        self: &Arc<Self>,
-        ecosystem: &'static str,
-        method: &Method,
-        headers: &HeaderMap,
-        artifact: ArtifactReply,
-    ) -> Response<Body> {
-        match self.cache.lookup(&artifact.key) {
-            Some(entry) => {
-                self.serve_hit(ecosystem, method, headers, entry, artifact.resolve)
-                    .await
-            }
-            None => {
-                self.serve_miss(ecosystem, method, headers, artifact.resolve)
-                    .await
-            }
+/// Whether a kept file may be served without asking the upstream again.
+fn is_fresh(entry: &ArtifactEntry, rule: FreshnessRule) -> bool {
+    match rule {
+        FreshnessRule::Immutable | FreshnessRule::ContentAddressed => true,
+        FreshnessRule::RevalidateAfter(ttl) => {
+            entry.fetched_at.elapsed().is_ok_and(|age| age < ttl)
         }
     }
+}
 
-    async fn serve_miss(
+/// Who is asking: the instance's label and whether it wants redirects.
+#[derive(Clone, Copy)]
+pub(crate) struct Asker<'a> {
+    pub(crate) ecosystem: &'static str,
+    pub(crate) wants_redirects: bool,
+    pub(crate) method: &'a Method,
+    pub(crate) headers: &'a HeaderMap,
+}
+
+impl Front {
+    /// A file kept in storage: a fresh hit is served from here; a miss (or a stale file) is
+    /// fetched first.
+    pub(crate) async fn serve_stored(
         self: &Arc<Self>,
         ecosystem: &'static str,
+        wants_redirects: bool,
         method: &Method,
         headers: &HeaderMap,
-        resolve: Resolver,
+        stored: StoredReply,
     ) -> Response<Body> {
-        let spec = match resolve().await {
-            Ok(spec) => spec,
-            Err(failure) => return body::error(failure.status, &failure.message),
+        let asker = Asker {
+            ecosystem,
+            wants_redirects,
+            method,
+            headers,
         };
-        let filename = spec.filename.clone();
-        let url = spec.upstream_url.clone();
-        let source = self.upstream.artifact(&url);
-        match self.cache.fetch(spec, source).await {
-            Ok(Fetched::Streaming {
-                content_length,
-                content_type,
-                body: stream,
-            }) => {
-                let mut response = Response::new(if method == Method::HEAD {
+        let StoredReply {
+            key,
+            freshness,
+            headers: extra,
+            resolve,
+        } = stored;
+        let mut response = match self.cache.lookup(&key) {
+            Some(entry) if is_fresh(&entry, freshness) => {
+                self.serve_hit(asker, entry, resolve).await
+            }
+            Some(stale) => self.serve_miss(asker, resolve, Some(stale)).await,
+            None => self.serve_miss(asker, resolve, None).await,
+        };
+        if !extra.is_empty() && response.status().as_u16() < 400 {
+            for (name, value) in &extra {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        response
+    }
+
+    /// Fetch through the cache; with `stale`, the copy to serve if the upstream fails.
+    async fn serve_miss(
+        self: &Arc<Self>,
+        asker: Asker<'_>,
+        resolve: Resolver,
+        stale: Option<Arc<ArtifactEntry>>,
+    ) -> Response<Body> {
+        let fetched = match resolve().await {
+            Ok(Fetch { spec, source }) => {
+                let filename = spec.filename.clone();
+                let newer_than = stale.as_ref().map(|s| s.fetched_at);
+                (
+                    self.cache.fetch_newer(spec, source, newer_than).await,
+                    filename,
+                )
+            }
+            Err(failure) => (Err(CacheError::Fetch(failure)), String::new()),
+        };
+        match fetched {
+            (
+                Ok(Fetched::Streaming {
+                    content_length,
+                    content_type,
+                    body: stream,
+                }),
+                filename,
+            ) => {
+                let mut response = Response::new(if asker.method == Method::HEAD {
                     // The download goes on in the background and is cached.
                     body::empty()
                 } else {
@@ -176,30 +219,35 @@ impl Front {
                 }
                 response
             }
-            Ok(Fetched::Cached(entry)) => {
-                match self.serve_cached(ecosystem, method, headers, &entry).await {
-                    Ok(response) => response,
-                    Err(err) => body::error(503, &format!("storage failed: {err}")),
+            (Ok(Fetched::Cached(entry)), _) => match self.serve_cached(asker, &entry).await {
+                Ok(response) => response,
+                Err(err) => body::error(503, &format!("storage failed: {err}")),
+            },
+            (Err(err), _) => match stale {
+                Some(entry) => {
+                    tracing::warn!(key = %entry.key, error = %err, "upstream failed; serving the kept copy");
+                    match self.serve_cached(asker, &entry).await {
+                        Ok(response) => response,
+                        Err(_) => fetch_error(&err),
+                    }
                 }
-            }
-            Err(err) => fetch_error(&err),
+                None => fetch_error(&err),
+            },
         }
     }
 
     async fn serve_hit(
         self: &Arc<Self>,
-        ecosystem: &'static str,
-        method: &Method,
-        headers: &HeaderMap,
+        asker: Asker<'_>,
         entry: Arc<ArtifactEntry>,
         resolve: Resolver,
     ) -> Response<Body> {
-        match self.serve_cached(ecosystem, method, headers, &entry).await {
+        match self.serve_cached(asker, &entry).await {
             Ok(response) => response,
             Err(err) if err.is_not_found() => {
                 // Deleted behind proxyd's back: forget it and fetch it again.
                 self.cache.forget(&entry.key).await;
-                self.serve_miss(ecosystem, method, headers, resolve).await
+                Box::pin(self.serve_miss(asker, resolve, None)).await
             }
             Err(err) => body::error(503, &format!("storage failed: {err}")),
         }
@@ -209,12 +257,10 @@ impl Front {
     /// redirect or stream.
     async fn serve_cached(
         self: &Arc<Self>,
-        ecosystem: &'static str,
-        method: &Method,
-        headers: &HeaderMap,
+        asker: Asker<'_>,
         entry: &Arc<ArtifactEntry>,
     ) -> Result<Response<Body>, proxyd_storage_core::Error> {
-        if method == Method::HEAD {
+        if asker.method == Method::HEAD {
             // Never redirected: answered from the index, without touching storage.
             let mut response = Response::new(body::empty());
             let rendered = rendered(entry);
@@ -224,12 +270,17 @@ impl Front {
             return Ok(response);
         }
         self.cache.record_hit(entry);
-        if self.redirects_for(ecosystem)
-            && let Some(response) = self.redirect(ecosystem, entry).await
-        {
-            return Ok(response);
+        match self.redirect_plan(asker.wants_redirects) {
+            Some(true) => {
+                if let Some(response) = self.redirect(asker.ecosystem, entry).await {
+                    return Ok(response);
+                }
+            }
+            Some(false) => self.count_unsigned_fallback(asker.ecosystem),
+            None => {}
         }
-        self.open_and_stream(method, headers, entry).await
+        self.open_and_stream(asker.method, asker.headers, entry)
+            .await
     }
 
     async fn redirect(
@@ -390,6 +441,16 @@ mod tests {
         assert!(matches!(parse_range("items=0-1", 100), RangeRequest::Whole));
         assert!(matches!(
             parse_range("bytes=-0", 100),
+            RangeRequest::Unsatisfiable
+        ));
+        // The largest end a client can write: the rest of the file, never an overflow.
+        assert!(matches!(
+            parse_range("bytes=0-18446744073709551615", 100),
+            RangeRequest::Whole
+        ));
+        assert_eq!(part("bytes=5-18446744073709551615", 100), Some(5..100));
+        assert!(matches!(
+            parse_range("bytes=18446744073709551615-", 100),
             RangeRequest::Unsatisfiable
         ));
     }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use proxyd_cache::Cache;
 use proxyd_cache::metric_names as m;
-use proxyd_ecosystem::{DocumentReply, Ecosystem, EcosystemRequest, Reply, Upstream};
+use proxyd_ecosystem::{DocumentReply, EcosystemRequest, Handler, MountedInstance, Refusal, Reply};
 
 use crate::body::{self, Body};
 
@@ -16,8 +16,6 @@ pub struct DirectServeSettings {
     pub enabled: bool,
     /// `storage.direct_serve_ttl`.
     pub ttl: Duration,
-    /// `ecosystems.<name>.direct_serve` overrides.
-    pub per_ecosystem: HashMap<String, bool>,
 }
 
 /// Settings of the front.
@@ -25,8 +23,17 @@ pub struct DirectServeSettings {
 pub struct FrontSettings {
     /// Direct-serve.
     pub direct_serve: DirectServeSettings,
-    /// Ecosystems without an upstream, with the setting that would enable each.
-    pub disabled: HashMap<String, String>,
+}
+
+/// A mount whose instance is not configured, and the setting that would enable it.
+#[derive(Debug, Clone)]
+pub struct DisabledMount {
+    /// First path segment.
+    pub mount: &'static str,
+    /// Instance name (metrics label).
+    pub name: &'static str,
+    /// The setting to set.
+    pub setting: String,
 }
 
 /// Maps looked up on every request, keyed by proxyd's own labels: a fast hasher.
@@ -57,11 +64,26 @@ impl<K: std::hash::Hash + Eq, V: Clone> Handles<K, V> {
 /// Renders the Prometheus text for `/metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// One mounted instance.
+struct Mount {
+    name: &'static str,
+    handler: Arc<dyn Handler>,
+    /// Direct-serve is wanted for it (whether or not the backend can sign).
+    wants_redirects: bool,
+}
+
+/// What the first path segment names.
+enum Route<'a> {
+    Instance(&'a Mount),
+    Disabled(&'a DisabledMount),
+    Unknown,
+}
+
 /// The request router and artifact server.
 pub struct Front {
     pub(crate) cache: Arc<Cache>,
-    pub(crate) upstream: Upstream,
-    ecosystems: FastMap<&'static str, Arc<dyn Ecosystem>>,
+    mounts: FastMap<&'static str, Mount>,
+    disabled: FastMap<&'static str, DisabledMount>,
     settings: FrontSettings,
     can_sign: bool,
     metrics: Option<MetricsRender>,
@@ -70,13 +92,15 @@ pub struct Front {
     direct_serve_metrics: Handles<(&'static str, &'static str), metrics::Counter>,
     /// The last `Cache-Control` of a redirect, with its max-age: a run of redirects shares it.
     redirect_cache_control: Mutex<Option<(u64, HeaderValue)>>,
+    /// Why the backend cannot sign, when it cannot.
+    unsigned_reason: Option<String>,
     health: Mutex<Option<(Instant, bool, serde_json::Value)>>,
 }
 
 impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Front")
-            .field("ecosystems", &self.ecosystems.keys().collect::<Vec<_>>())
+            .field("mounts", &self.mounts.keys().collect::<Vec<_>>())
             .field("settings", &self.settings)
             .field("can_sign", &self.can_sign)
             .finish_non_exhaustive()
@@ -84,31 +108,51 @@ impl std::fmt::Debug for Front {
 }
 
 impl Front {
-    /// Build the front. Whether the storage backend can sign is asked here, once, and logged.
+    /// Build the front over `instances` (and the mounts of `disabled` ones, which answer 503).
+    /// Whether the storage backend can sign is asked here, once, and logged.
     pub fn new(
         cache: Arc<Cache>,
-        upstream: Upstream,
-        ecosystems: Vec<Arc<dyn Ecosystem>>,
+        instances: Vec<MountedInstance>,
+        disabled: Vec<DisabledMount>,
         settings: FrontSettings,
         metrics: Option<MetricsRender>,
     ) -> Arc<Self> {
         let support = cache.storage().presign_support();
         let can_sign = support.is_supported();
-        let wanted = settings.direct_serve.enabled
-            || settings.direct_serve.per_ecosystem.values().any(|on| *on);
-        match (&support, wanted) {
+        let mounts: FastMap<&'static str, Mount> = instances
+            .into_iter()
+            .map(|i| {
+                let wants_redirects = i.direct_serve.unwrap_or(settings.direct_serve.enabled);
+                (
+                    i.mount,
+                    Mount {
+                        name: i.name,
+                        handler: i.handler,
+                        wants_redirects,
+                    },
+                )
+            })
+            .collect();
+        let wanted = mounts.values().any(|m| m.wants_redirects);
+        let unsigned_reason = match (&support, wanted) {
             (proxyd_storage_core::PresignSupport::Supported { .. }, true) => {
                 tracing::info!(ttl = ?settings.direct_serve.ttl, "direct-serve is active: cached downloads are redirected to presigned storage URLs");
+                None
             }
             (proxyd_storage_core::PresignSupport::Unsupported { reason }, true) => {
                 tracing::warn!(reason = %reason, "direct-serve is on but the storage backend cannot sign; cached downloads are streamed");
+                Some(reason.to_string())
             }
-            (_, false) => tracing::info!("direct-serve is off; cached downloads are streamed"),
-        }
-        let front = Arc::new(Self {
+            (_, false) => {
+                tracing::info!("direct-serve is off; cached downloads are streamed");
+                None
+            }
+        };
+        metrics::gauge!(m::DIRECT_SERVE_ACTIVE).set(if wanted && can_sign { 1.0 } else { 0.0 });
+        Arc::new(Self {
             cache,
-            upstream,
-            ecosystems: ecosystems.into_iter().map(|e| (e.name(), e)).collect(),
+            mounts,
+            disabled: disabled.into_iter().map(|d| (d.mount, d)).collect(),
             settings,
             can_sign,
             metrics,
@@ -116,14 +160,9 @@ impl Front {
             request_metrics: Handles::new(),
             direct_serve_metrics: Handles::new(),
             redirect_cache_control: Mutex::new(None),
+            unsigned_reason,
             health: Mutex::new(None),
-        });
-        let active = front
-            .ecosystems
-            .keys()
-            .any(|name| front.redirects_for(name));
-        metrics::gauge!(m::DIRECT_SERVE_ACTIVE).set(if active { 1.0 } else { 0.0 });
-        front
+        })
     }
 
     /// The request counter and duration histogram of one ecosystem and status.
@@ -168,15 +207,23 @@ impl Front {
         }
     }
 
-    /// Whether cached GETs of `ecosystem` are redirected.
-    pub(crate) fn redirects_for(&self, ecosystem: &str) -> bool {
-        let ds = &self.settings.direct_serve;
-        self.can_sign
-            && ds
-                .per_ecosystem
-                .get(ecosystem)
-                .copied()
-                .unwrap_or(ds.enabled)
+    /// Whether a cached GET of `instance` is redirected: `Some(true)` yes, `Some(false)` it
+    /// would be but the backend cannot sign (the caller counts the fallback), `None` direct-serve
+    /// is off for it.
+    pub(crate) fn redirect_plan(&self, wants_redirects: bool) -> Option<bool> {
+        wants_redirects.then_some(self.can_sign)
+    }
+
+    /// Count and log (once) a download that direct-serve would have redirected but streamed
+    /// because the backend cannot sign.
+    pub(crate) fn count_unsigned_fallback(&self, ecosystem: &'static str) {
+        self.direct_serve_counter(ecosystem, "fallback_unsupported")
+            .increment(1);
+        let reason = self.unsigned_reason.as_deref().unwrap_or("unsupported");
+        self.log_once(
+            &format!("fallback_unsupported: {reason}"),
+            "the storage backend cannot sign; cached downloads are streamed",
+        );
     }
 
     pub(crate) fn direct_serve_ttl(&self) -> Duration {
@@ -191,33 +238,63 @@ impl Front {
         }
     }
 
+    /// The mount the first segment of `path` names (the untrimmed path: `//npm/x` names
+    /// nothing), and the rest of the path after it.
+    fn route<'a>(&self, path: &'a str) -> (Route<'_>, &'a str) {
+        let after_slash = path.strip_prefix('/').unwrap_or(path);
+        let segment = after_slash.split('/').next().unwrap_or("");
+        let rest = &after_slash[segment.len()..];
+        let rest = if rest.is_empty() { "/" } else { rest };
+        if let Some(mount) = self.mounts.get(segment) {
+            (Route::Instance(mount), rest)
+        } else if let Some(disabled) = self.disabled.get(segment) {
+            (Route::Disabled(disabled), rest)
+        } else {
+            (Route::Unknown, rest)
+        }
+    }
+
     /// Answer one request.
     pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let (parts, _body) = request.into_parts();
         let path = parts.uri.path();
-        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        let label: &'static str = match first {
-            "health" | "metrics" | "stats" => "admin",
-            other => self.ecosystems.get(other).map_or("other", |e| e.name()),
-        };
-        let response = match path {
-            "/health" => self.health().await,
-            "/metrics" => self.metrics_text(),
-            "/stats" => self.stats(),
-            _ => {
-                self.ecosystem_request(
-                    first,
-                    &parts.method,
-                    path,
-                    parts.uri.query(),
-                    &parts.headers,
-                )
-                .await
-            }
+        let (response, label) = match path {
+            "/health" => (self.health().await, None),
+            "/metrics" => (self.metrics_text(), None),
+            "/stats" => (self.stats(), None),
+            _ => match self.route(path) {
+                (Route::Instance(mount), rest) => {
+                    let request = EcosystemRequest {
+                        method: &parts.method,
+                        path: rest,
+                        query: parts.uri.query(),
+                        headers: &parts.headers,
+                    };
+                    let reply = mount.handler.clone().serve(request).await;
+                    let response = self
+                        .respond(mount, &parts.method, &parts.headers, reply)
+                        .await;
+                    (response, Some(mount.name))
+                }
+                (Route::Disabled(disabled), _) => (
+                    body::error(
+                        503,
+                        &format!(
+                            "the {} ecosystem is disabled: set {} to its upstream registry URL",
+                            disabled.name, disabled.setting
+                        ),
+                    ),
+                    Some(disabled.name),
+                ),
+                (Route::Unknown, _) => (
+                    body::error(404, &format!("no route for {path}")),
+                    Some("other"),
+                ),
+            },
         };
         let status = response.status().as_u16();
-        if label != "admin" {
+        if let Some(label) = label {
             let (requests, duration) = self.request_metrics(label, status);
             requests.increment(1);
             duration.record(started.elapsed().as_secs_f64());
@@ -226,54 +303,35 @@ impl Front {
         response
     }
 
-    async fn ecosystem_request(
+    async fn respond(
         self: &Arc<Self>,
-        prefix: &str,
+        mount: &Mount,
         method: &Method,
-        path: &str,
-        query: Option<&str>,
         headers: &HeaderMap,
+        reply: Reply,
     ) -> Response<Body> {
-        let Some(ecosystem) = self.ecosystems.get(prefix).cloned() else {
-            if let Some(setting) = self.settings.disabled.get(prefix) {
-                return body::error(
-                    503,
-                    &format!(
-                        "the {prefix} ecosystem is disabled: set {setting} to its upstream registry URL"
-                    ),
-                );
-            }
-            return body::error(404, &format!("no route for {path}"));
-        };
-        if method != Method::GET && method != Method::HEAD {
-            let mut response = body::error(405, "only GET and HEAD are supported");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
-        }
-        let rest = &path[prefix.len() + 1..];
-        let request = EcosystemRequest {
-            method,
-            path: if rest.is_empty() { "/" } else { rest },
-            query,
-            headers,
-        };
-        match ecosystem.clone().handle(request).await {
+        match reply {
             Reply::Document(doc) => document(method, headers, doc),
-            Reply::Artifact(artifact) => {
-                self.serve_artifact(ecosystem.name(), method, headers, artifact)
+            Reply::Stored(stored) => {
+                self.serve_stored(mount.name, mount.wants_redirects, method, headers, stored)
                     .await
             }
-            Reply::Redirect(location) => {
+            Reply::Redirect {
+                location,
+                permanent,
+            } => {
                 let mut response = Response::new(body::empty());
-                *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+                *response.status_mut() = if permanent {
+                    StatusCode::MOVED_PERMANENTLY
+                } else {
+                    StatusCode::FOUND
+                };
                 if let Ok(value) = HeaderValue::from_str(&location) {
                     response.headers_mut().insert(header::LOCATION, value);
                 }
                 response
             }
-            Reply::Error(status, reason) => body::error(status, &reason),
+            Reply::Error(refusal) => refusal_response(&refusal),
         }
     }
 
@@ -419,10 +477,8 @@ fn document(method: &Method, headers: &HeaderMap, doc: DocumentReply) -> Respons
         } else {
             body::full(doc.body)
         });
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(doc.content_type),
-        );
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, doc.content_type.clone());
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         r
@@ -446,6 +502,20 @@ fn document(method: &Method, headers: &HeaderMap, doc: DocumentReply) -> Respons
             header::WARNING,
             HeaderValue::from_static("110 proxyd \"Response is Stale\""),
         );
+    }
+    for (name, value) in &doc.headers {
+        h.insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// A refusal as a response: its status, and its one-line reason (with `Allow` for 405).
+pub(crate) fn refusal_response(refusal: &Refusal) -> Response<Body> {
+    let mut response = body::error(refusal.status(), &refusal.message);
+    if let Some(allow) = refusal.allow {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
     }
     response
 }

@@ -5,5 +5,5 @@ mod body;
 mod front;
 mod server;
 
-pub use front::{DirectServeSettings, Front, FrontSettings, MetricsRender};
+pub use front::{DirectServeSettings, DisabledMount, Front, FrontSettings, MetricsRender};
 pub use server::serve;

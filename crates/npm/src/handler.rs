@@ -1,37 +1,73 @@
 use std::sync::Arc;
 
-use bytes::Bytes;
-use proxyd_cache::{ArtifactSpec, FetchFailure};
+use proxyd_ecosystem::http::{HeaderValue, Method, header};
 use proxyd_ecosystem::names::{decode_slashes_only, is_safe_file_name};
+use proxyd_ecosystem::serde::Deserialize;
 use proxyd_ecosystem::{
-    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache,
-    RenderCache, Reply,
+    ArtifactSpec, Bytes, DocumentReply, DocumentRequest, Documents, Ecosystem, EcosystemContext,
+    EcosystemKind, EcosystemRequest, Fetch, FetchFailure, ObjectKey, Refusal, RenderCache, Reply,
+    StoredReply, Upstream, Url, json_body, read_only, settings,
 };
-use proxyd_storage_core::ObjectKey;
 
 use crate::name::{upstream_path, validate};
-use crate::rewrite::{find_tarball, rewrite_packument};
+use crate::rewrite::{TarballInfo, find_tarball, rewrite_packument};
 
 const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
 const ACCEPT_ABBREVIATED: &str =
     "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
 const ACCEPT_FULL: &str = "application/json";
 
-/// Settings of the npm handler.
-#[derive(Debug, Clone)]
+/// Settings of an npm instance (`upstream.npm`, or an `ecosystems.<name>` of kind `npm`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(crate = "proxyd_ecosystem::serde", deny_unknown_fields)]
 pub struct NpmConfig {
-    /// Upstream registry root (packument at `{upstream}/{name}`), without trailing slash.
+    /// The registry root: the packument of `NAME` is `{upstream}/NAME`.
     pub upstream: String,
-    /// proxyd's public URL, without trailing slash.
-    pub base_url: String,
+}
+
+/// The npm kind: register it with `registry.register::<NpmKind>()`.
+#[derive(Debug)]
+pub struct NpmKind;
+
+impl EcosystemKind for NpmKind {
+    const KIND: &'static str = "npm";
+    type Config = NpmConfig;
+    type Handler = Npm;
+
+    fn upstream(config: &NpmConfig) -> Result<Option<Url>, String> {
+        settings::upstream_url(&config.upstream).map(Some)
+    }
+
+    fn build(config: NpmConfig, context: EcosystemContext) -> Result<Npm, String> {
+        Ok(Npm {
+            upstream: config.upstream.trim_end_matches('/').to_owned(),
+            prefix: context.instance,
+            mount_url: context.mount_url,
+            client: context.upstream,
+            documents: context.documents,
+            rendered: RenderCache::default(),
+        })
+    }
 }
 
 /// The npm handler.
 #[derive(Debug)]
 pub struct Npm {
-    config: NpmConfig,
-    metadata: Arc<MetadataCache>,
+    upstream: String,
+    prefix: &'static str,
+    mount_url: String,
+    client: Upstream,
+    documents: Documents,
     rendered: RenderCache<String>,
+}
+
+/// What an npm request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NpmOp {
+    /// A packument.
+    Packument(String),
+    /// A tarball, under its storage key (`{instance}/{name}/-/{file}`).
+    Tarball(ObjectKey),
 }
 
 #[derive(Clone, Copy)]
@@ -43,8 +79,8 @@ enum Variant {
 impl Variant {
     fn doc_key(self, name: &str) -> String {
         match self {
-            Self::Full => format!("npm/full/{name}"),
-            Self::Abbreviated => format!("npm/abbreviated/{name}"),
+            Self::Full => format!("full/{name}"),
+            Self::Abbreviated => format!("abbreviated/{name}"),
         }
     }
     fn accept(self) -> &'static str {
@@ -53,123 +89,12 @@ impl Variant {
             Self::Abbreviated => ACCEPT_ABBREVIATED,
         }
     }
-    fn content_type(self) -> &'static str {
-        match self {
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
             Self::Full => "application/json",
             Self::Abbreviated => ABBREVIATED,
-        }
+        })
     }
-}
-
-impl Npm {
-    /// A handler for `config.upstream`, caching documents in `metadata`.
-    pub fn new(mut config: NpmConfig, metadata: Arc<MetadataCache>) -> Self {
-        config.upstream = config.upstream.trim_end_matches('/').to_owned();
-        config.base_url = config.base_url.trim_end_matches('/').to_owned();
-        Self {
-            config,
-            metadata,
-            rendered: RenderCache::default(),
-        }
-    }
-
-    fn packument_url(&self, name: &str) -> String {
-        format!("{}/{}", self.config.upstream, upstream_path(name))
-    }
-
-    async fn packument(&self, name: &str, variant: Variant) -> Reply {
-        let key = variant.doc_key(name);
-        let url = self.packument_url(name);
-        let (doc, freshness) = match self
-            .metadata
-            .get("npm", &key, &url, variant.accept(), false)
-            .await
-        {
-            Ok(found) => found,
-            Err(err) => {
-                let failure = FetchFailure::from(&err);
-                return Reply::Error(failure.status, failure.message);
-            }
-        };
-        let rendered = self.rendered.get_or_render(key, &doc, |doc| {
-            let body = Bytes::from(rewrite_packument(&doc.body, name, &self.config.base_url)?);
-            Ok(DocumentReply::new(variant.content_type(), body, 60))
-        });
-        let mut reply = match rendered {
-            Ok(reply) => reply,
-            Err(err) => return Reply::Error(502, err),
-        };
-        reply.stale = freshness == Freshness::Stale;
-        Reply::Document(reply)
-    }
-
-    /// Where upstream has `file` of `name`, from the upstream's own packument.
-    async fn resolve(
-        self: Arc<Self>,
-        name: String,
-        file: String,
-        key: ObjectKey,
-    ) -> Result<ArtifactSpec, FetchFailure> {
-        // Whichever packument is fresh in memory serves, full or abbreviated.
-        for variant in [Variant::Abbreviated, Variant::Full] {
-            if let Some(doc) = self.metadata.fresh(&variant.doc_key(&name))
-                && let Ok(Some(info)) = find_tarball(&doc.body, &file)
-            {
-                return spec_from(info, name, file, key);
-            }
-        }
-        let url = self.packument_url(&name);
-        for force in [false, true] {
-            let variant = Variant::Abbreviated;
-            let (doc, freshness) = self
-                .metadata
-                .get(
-                    "npm",
-                    &variant.doc_key(&name),
-                    &url,
-                    variant.accept(),
-                    force,
-                )
-                .await
-                .map_err(|e| FetchFailure::from(&e))?;
-            let info = find_tarball(&doc.body, &file).map_err(|e| FetchFailure::new(502, e))?;
-            if let Some(info) = info {
-                return spec_from(info, name, file, key);
-            }
-            // A version published after the cached packument: look once more, upstream.
-            if matches!(freshness, Freshness::Fetched | Freshness::Stale) {
-                break;
-            }
-        }
-        Err(FetchFailure::new(
-            404,
-            format!("no version of {name} has the tarball {file}"),
-        ))
-    }
-}
-
-fn spec_from(
-    info: crate::rewrite::TarballInfo,
-    name: String,
-    file: String,
-    key: ObjectKey,
-) -> Result<ArtifactSpec, FetchFailure> {
-    if !(info.url.starts_with("http://") || info.url.starts_with("https://")) {
-        return Err(FetchFailure::new(
-            502,
-            "upstream packument has a non-HTTP tarball URL",
-        ));
-    }
-    Ok(ArtifactSpec {
-        key,
-        ecosystem: "npm",
-        name,
-        version: info.version,
-        filename: file,
-        content_type: "application/octet-stream".into(),
-        upstream_url: info.url,
-        expected: info.expected,
-    })
 }
 
 /// `name/-/file` split at its first `/-/` (a byte scan: this runs on every tarball request).
@@ -178,61 +103,137 @@ fn split_tarball_path(path: &str) -> Option<(&str, &str)> {
     Some((&path[..at], &path[at + 3..]))
 }
 
-#[async_trait::async_trait]
-impl Ecosystem for Npm {
-    fn name(&self) -> &'static str {
-        "npm"
+impl Npm {
+    fn packument_url(&self, name: &str) -> String {
+        format!("{}/{}", self.upstream, upstream_path(name))
     }
 
-    async fn handle(self: Arc<Self>, request: EcosystemRequest<'_>) -> Reply {
-        let raw = request.path.trim_start_matches('/');
-        let path = match decode_slashes_only(raw) {
-            Ok(path) => path,
-            Err(reason) => return Reply::bad_request(reason),
+    async fn packument(&self, name: &str, variant: Variant) -> Reply {
+        let key = variant.doc_key(name);
+        let url = self.packument_url(name);
+        let request = DocumentRequest {
+            key: &key,
+            url: &url,
+            accept: variant.accept(),
+            check: json_body,
         };
+        let (doc, freshness) = match self.documents.get(&request, false).await {
+            Ok(found) => found,
+            Err(err) => return FetchFailure::from(&err).into(),
+        };
+        self.rendered.reply(key, &doc, freshness, |doc| {
+            let body = Bytes::from(rewrite_packument(&doc.body, name, &self.mount_url)?);
+            Ok(DocumentReply::new(variant.content_type(), body, 60).varies_by_accept())
+        })
+    }
+
+    /// Where upstream has `file` of `name`, from the upstream's own packument.
+    async fn resolve(self: Arc<Self>, key: ObjectKey) -> Result<Fetch, FetchFailure> {
+        let (name, file) = key
+            .as_str()
+            .strip_prefix(self.prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(split_tarball_path)
+            .map(|(n, f)| (n.to_owned(), f.to_owned()))
+            .unwrap_or_default();
+        // Whichever packument is fresh in memory serves, full or abbreviated.
+        for variant in [Variant::Abbreviated, Variant::Full] {
+            if let Some(doc) = self.documents.fresh(&variant.doc_key(&name))
+                && let Ok(Some(info)) = find_tarball(&doc.body, &file)
+            {
+                return self.fetch(info, name, file, key);
+            }
+        }
+        let variant = Variant::Abbreviated;
+        let (doc_key, url) = (variant.doc_key(&name), self.packument_url(&name));
+        let request = DocumentRequest {
+            key: &doc_key,
+            url: &url,
+            accept: variant.accept(),
+            check: json_body,
+        };
+        match self
+            .documents
+            .find(&request, |doc| find_tarball(&doc.body, &file))
+            .await?
+        {
+            Some(info) => self.fetch(info, name, file, key),
+            None => Err(FetchFailure::not_found(format!(
+                "no version of {name} has the tarball {file}"
+            ))),
+        }
+    }
+
+    fn fetch(
+        &self,
+        info: TarballInfo,
+        name: String,
+        file: String,
+        key: ObjectKey,
+    ) -> Result<Fetch, FetchFailure> {
+        Ok(self.client.fetch(ArtifactSpec {
+            key,
+            ecosystem: self.prefix,
+            name,
+            version: info.version,
+            filename: file,
+            content_type: "application/octet-stream".into(),
+            upstream_url: info.url,
+            verifier: info.expected.map(|d| d.boxed_verifier()),
+        }))
+    }
+}
+
+impl Ecosystem for Npm {
+    type Op = NpmOp;
+
+    fn route(&self, method: &Method, path: &str) -> Result<NpmOp, Refusal> {
+        read_only(method)?;
+        let raw = path.strip_prefix('/').unwrap_or(path);
+        let path = decode_slashes_only(raw).map_err(Refusal::bad_request)?;
         if let Some((name, file)) = split_tarball_path(&path) {
-            if let Err(reason) = validate(name) {
-                return Reply::bad_request(reason);
-            }
+            validate(name).map_err(Refusal::bad_request)?;
             if !is_safe_file_name(file) || !file.ends_with(".tgz") {
-                return Reply::bad_request(format!("{file:?} is not an npm tarball file name"));
+                return Err(Refusal::bad_request(format!(
+                    "{file:?} is not an npm tarball file name"
+                )));
             }
-            let mut key = String::with_capacity(8 + name.len() + file.len());
-            for part in ["npm/", name, "/-/", file] {
+            let mut key = String::with_capacity(self.prefix.len() + 5 + name.len() + file.len());
+            for part in [self.prefix, "/", name, "/-/", file] {
                 key.push_str(part);
             }
-            let key = match ObjectKey::new(key) {
-                Ok(key) => key,
-                Err(err) => return Reply::bad_request(err.message().to_owned()),
-            };
-            let this = self.clone();
-            let miss_key = key.clone();
-            // Name and file are taken back out of the key on a miss, so a hit copies neither.
-            let resolve: proxyd_ecosystem::Resolver = Box::new(move || {
-                let (name, file) = miss_key
-                    .as_str()
-                    .strip_prefix("npm/")
-                    .and_then(|rest| rest.split_once("/-/"))
-                    .map(|(n, f)| (n.to_owned(), f.to_owned()))
-                    .unwrap_or_default();
-                Box::pin(this.resolve(name, file, miss_key))
-            });
-            return Reply::Artifact(ArtifactReply { key, resolve });
+            return ObjectKey::new(key)
+                .map(NpmOp::Tarball)
+                .map_err(|e| Refusal::bad_request(e.message().to_owned()));
         }
-        if let Err(reason) = validate(&path) {
-            return Reply::bad_request(reason);
+        validate(&path).map_err(Refusal::bad_request)?;
+        Ok(NpmOp::Packument(path.into_owned()))
+    }
+
+    async fn handle(self: Arc<Self>, op: NpmOp, request: EcosystemRequest<'_>) -> Reply {
+        match op {
+            NpmOp::Tarball(key) => {
+                let this = self.clone();
+                let miss_key = key.clone();
+                Reply::Stored(StoredReply::immutable(
+                    key,
+                    Box::new(move || Box::pin(this.resolve(miss_key))),
+                ))
+            }
+            NpmOp::Packument(name) => {
+                let abbreviated = request
+                    .headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains(ABBREVIATED));
+                let variant = if abbreviated {
+                    Variant::Abbreviated
+                } else {
+                    Variant::Full
+                };
+                self.packument(&name, variant).await
+            }
         }
-        let abbreviated = request
-            .headers
-            .get_all(http::header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.contains(ABBREVIATED));
-        let variant = if abbreviated {
-            Variant::Abbreviated
-        } else {
-            Variant::Full
-        };
-        self.packument(&path, variant).await
     }
 }

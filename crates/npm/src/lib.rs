@@ -4,4 +4,4 @@ mod handler;
 mod name;
 mod rewrite;
 
-pub use handler::{Npm, NpmConfig};
+pub use handler::{Npm, NpmConfig, NpmKind, NpmOp};

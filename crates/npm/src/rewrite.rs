@@ -1,6 +1,6 @@
-use proxyd_cache::ExpectedDigest;
+use proxyd_ecosystem::ExpectedDigest;
 use proxyd_ecosystem::names::is_safe_file_name;
-use serde_json::Value;
+use proxyd_ecosystem::serde_json::{self, Value};
 
 /// The file name at the end of a tarball URL.
 pub(crate) fn file_of(url: &str) -> Option<&str> {
@@ -9,11 +9,12 @@ pub(crate) fn file_of(url: &str) -> Option<&str> {
     is_safe_file_name(file).then_some(file)
 }
 
-/// The packument with every `dist.tarball` pointing at proxyd.
+/// The packument with every `dist.tarball` pointing at proxyd (`mount_url` is the instance's
+/// public URL, `https://proxy.example/npm`).
 pub(crate) fn rewrite_packument(
     body: &[u8],
     name: &str,
-    base_url: &str,
+    mount_url: &str,
 ) -> Result<Vec<u8>, String> {
     let mut doc: Value =
         serde_json::from_slice(body).map_err(|e| format!("upstream packument is not JSON: {e}"))?;
@@ -25,7 +26,7 @@ pub(crate) fn rewrite_packument(
             let Some(file) = tarball.as_str().and_then(file_of) else {
                 continue;
             };
-            *tarball = Value::String(format!("{base_url}/npm/{name}/-/{file}"));
+            *tarball = Value::String(format!("{mount_url}/{name}/-/{file}"));
         }
     }
     serde_json::to_vec(&doc).map_err(|e| e.to_string())
@@ -74,7 +75,7 @@ mod tests {
 
     #[test]
     fn rewrites_tarballs_only() {
-        let out = rewrite_packument(DOC.as_bytes(), "@s/p", "http://proxy.test").unwrap();
+        let out = rewrite_packument(DOC.as_bytes(), "@s/p", "http://proxy.test/npm").unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v["versions"]["1.0.0"]["dist"]["tarball"],

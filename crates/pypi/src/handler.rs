@@ -1,14 +1,14 @@
 use std::sync::Arc;
 
-use bytes::Bytes;
-use proxyd_cache::{ArtifactSpec, Document, ExpectedDigest, FetchFailure};
+use proxyd_ecosystem::http::{HeaderValue, Method, header};
 use proxyd_ecosystem::names::is_safe_file_name;
+use proxyd_ecosystem::serde::Deserialize;
 use proxyd_ecosystem::{
-    ArtifactReply, DocumentReply, Ecosystem, EcosystemRequest, Freshness, MetadataCache,
-    RenderCache, Reply,
+    ArtifactSpec, Bytes, Document, DocumentReply, DocumentRequest, Documents, Ecosystem,
+    EcosystemContext, EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure,
+    ObjectKey, Refusal, RefusalKind, RenderCache, Reply, StoredReply, Upstream, Url, read_only,
+    settings,
 };
-use proxyd_storage_core::ObjectKey;
-use url::Url;
 
 use crate::name::{is_valid, normalize};
 use crate::simple::{MetadataFlag, Page, parse_html, parse_json, render_html, render_json};
@@ -17,13 +17,56 @@ const JSON: &str = "application/vnd.pypi.simple.v1+json";
 const HTML: &str = "application/vnd.pypi.simple.v1+html";
 const ACCEPT_UPSTREAM: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01";
 
-/// Settings of the PyPI handler.
-#[derive(Debug, Clone)]
+/// Settings of a PyPI instance (`upstream.pypi`, or an `ecosystems.<name>` of kind `pypi`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(crate = "proxyd_ecosystem::serde", deny_unknown_fields)]
 pub struct PyPiConfig {
-    /// Root of the upstream simple index (`{upstream}/{project}/`), without trailing slash.
+    /// Root of the upstream simple index: the page of `PROJECT` is `{upstream}/PROJECT/`.
     pub upstream: String,
-    /// proxyd's public URL, without trailing slash.
-    pub base_url: String,
+}
+
+/// The PyPI kind: register it with `registry.register::<PyPiKind>()`.
+#[derive(Debug)]
+pub struct PyPiKind;
+
+impl EcosystemKind for PyPiKind {
+    const KIND: &'static str = "pypi";
+    type Config = PyPiConfig;
+    type Handler = PyPi;
+
+    fn upstream(config: &PyPiConfig) -> Result<Option<Url>, String> {
+        settings::upstream_url(&config.upstream).map(Some)
+    }
+
+    fn build(config: PyPiConfig, context: EcosystemContext) -> Result<PyPi, String> {
+        Ok(PyPi {
+            upstream: config.upstream.trim_end_matches('/').to_owned(),
+            prefix: context.instance,
+            mount_url: context.mount_url,
+            client: context.upstream,
+            documents: context.documents,
+            rendered: RenderCache::default(),
+        })
+    }
+}
+
+/// A project page is whole when it parses (JSON) or closes what it opened (HTML): a page cut
+/// short would otherwise lose the files after the cut.
+fn whole_page(body: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        return proxyd_ecosystem::json_body(body);
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    for (open, close) in [("<html", "</html>"), ("<body", "</body>")] {
+        if lower.contains(open) && !lower.contains(close) {
+            return Err(format!(
+                "the page has {open}> but no {close}: it was cut short"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,54 +115,49 @@ fn negotiate(accept: Option<&str>) -> Option<Format> {
 /// The PyPI handler.
 #[derive(Debug)]
 pub struct PyPi {
-    config: PyPiConfig,
-    metadata: Arc<MetadataCache>,
+    upstream: String,
+    prefix: &'static str,
+    mount_url: String,
+    client: Upstream,
+    documents: Documents,
     rendered: RenderCache<(String, Format)>,
 }
 
+/// What a PyPI request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PyPiOp {
+    /// A project page (the name normalised).
+    Page(String),
+    /// The canonical URL of a page asked for under another spelling.
+    Canonical(String),
+    /// A distribution or its PEP 658 metadata, under its storage key
+    /// (`{instance}/{project}/{file}`).
+    File(ObjectKey),
+}
+
 impl PyPi {
-    /// A handler for `config.upstream`, caching pages in `metadata`.
-    pub fn new(mut config: PyPiConfig, metadata: Arc<MetadataCache>) -> Self {
-        config.upstream = config.upstream.trim_end_matches('/').to_owned();
-        config.base_url = config.base_url.trim_end_matches('/').to_owned();
-        Self {
-            config,
-            metadata,
-            rendered: RenderCache::default(),
+    fn page_url(&self, project: &str) -> String {
+        format!("{}/{project}/", self.upstream)
+    }
+
+    fn page_request<'a>(&self, key: &'a str, url: &'a str) -> DocumentRequest<'a> {
+        DocumentRequest {
+            key,
+            url,
+            accept: ACCEPT_UPSTREAM,
+            check: whole_page,
         }
     }
 
-    fn page_url(&self, project: &str) -> String {
-        format!("{}/{project}/", self.config.upstream)
-    }
-
-    async fn page_doc(
-        &self,
-        project: &str,
-        force: bool,
-    ) -> Result<(Arc<Document>, Freshness), FetchFailure> {
-        let key = format!("pypi/simple/{project}");
-        self.metadata
-            .get(
-                "pypi",
-                &key,
-                &self.page_url(project),
-                ACCEPT_UPSTREAM,
-                force,
-            )
-            .await
-            .map_err(|e| FetchFailure::from(&e))
-    }
-
-    fn parse(&self, project: &str, doc: &Document) -> Result<Page, FetchFailure> {
-        let page_url = Url::parse(&self.page_url(project))
-            .map_err(|e| FetchFailure::new(502, format!("bad upstream URL: {e}")))?;
+    fn parse(&self, project: &str, doc: &Document) -> Result<Page, String> {
+        let page_url =
+            Url::parse(&self.page_url(project)).map_err(|e| format!("bad upstream URL: {e}"))?;
         let is_json = doc
             .content_type
             .as_deref()
             .is_some_and(|ct| ct.contains("json"));
         let mut page = if is_json {
-            parse_json(&doc.body, &page_url).map_err(|e| FetchFailure::new(502, e))?
+            parse_json(&doc.body, &page_url)?
         } else {
             parse_html(&String::from_utf8_lossy(&doc.body), &page_url)
         };
@@ -128,161 +166,176 @@ impl PyPi {
     }
 
     async fn project_page(&self, project: &str, format: Format) -> Reply {
-        let (doc, freshness) = match self.page_doc(project, false).await {
+        let (key, url) = (format!("simple/{project}"), self.page_url(project));
+        let (doc, freshness) = match self
+            .documents
+            .get(&self.page_request(&key, &url), false)
+            .await
+        {
             Ok(found) => found,
-            Err(f) => return Reply::Error(f.status, f.message),
+            Err(err) => return FetchFailure::from(&err).into(),
         };
-        let rendered = self
-            .rendered
-            .get_or_render((project.to_owned(), format), &doc, |doc| {
-                let page = self.parse(project, doc).map_err(|f| f.message)?;
+        self.rendered
+            .reply((project.to_owned(), format), &doc, freshness, |doc| {
+                let page = self.parse(project, doc)?;
                 let (content_type, body) = match format {
-                    Format::Json => (JSON, render_json(&page, project, &self.config.base_url)),
-                    Format::Html(ct) => (ct, render_html(&page, project, &self.config.base_url)),
+                    Format::Json => (JSON, render_json(&page, project, &self.mount_url)),
+                    Format::Html(ct) => (ct, render_html(&page, project, &self.mount_url)),
                 };
-                let body = Bytes::from(body);
-                Ok(DocumentReply::new(content_type, body, 60))
-            });
-        let mut reply = match rendered {
-            Ok(reply) => reply,
-            Err(err) => return Reply::Error(502, err),
-        };
-        reply.stale = freshness == Freshness::Stale;
-        Reply::Document(reply)
+                let reply = DocumentReply::new(
+                    HeaderValue::from_static(content_type),
+                    Bytes::from(body),
+                    60,
+                );
+                Ok(reply.varies_by_accept())
+            })
     }
 
-    /// Where upstream has `filename` of `project` (or its PEP 658 metadata), from the
-    /// upstream's own page.
-    async fn resolve(
-        self: Arc<Self>,
-        project: String,
-        filename: String,
-        key: ObjectKey,
-    ) -> Result<ArtifactSpec, FetchFailure> {
+    /// Where upstream has the file of `key` (or its PEP 658 metadata), from the upstream's own
+    /// page.
+    async fn resolve(self: Arc<Self>, key: ObjectKey) -> Result<Fetch, FetchFailure> {
+        let (project, filename) = key
+            .as_str()
+            .strip_prefix(self.prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(p, f)| (p.to_owned(), f.to_owned()))
+            .unwrap_or_default();
         let (dist, is_metadata) = match filename.strip_suffix(".metadata") {
             Some(dist) => (dist.to_owned(), true),
             None => (filename.clone(), false),
         };
-        for force in [false, true] {
-            let (doc, freshness) = self.page_doc(&project, force).await?;
-            let page = self.parse(&project, &doc)?;
-            if let Some(file) = page.file(&dist) {
-                let (url, expected) = if is_metadata {
-                    let Some(flag) = &file.core_metadata else {
-                        return Err(FetchFailure::new(
-                            404,
-                            format!("upstream offers no metadata file for {dist}"),
-                        ));
-                    };
-                    let expected = match flag {
-                        MetadataFlag::Hashes(h) => {
-                            h.get("sha256").and_then(|v| ExpectedDigest::sha256_hex(v))
-                        }
-                        MetadataFlag::Present => None,
-                    };
-                    (format!("{}.metadata", file.url), expected)
-                } else {
-                    (
-                        file.url.clone(),
-                        file.hashes
-                            .get("sha256")
-                            .and_then(|v| ExpectedDigest::sha256_hex(v)),
-                    )
-                };
-                return Ok(ArtifactSpec {
-                    key,
-                    ecosystem: "pypi",
-                    name: project,
-                    version: String::new(),
-                    filename,
-                    content_type: if is_metadata {
-                        "text/plain; charset=utf-8"
-                    } else {
-                        "application/octet-stream"
-                    }
-                    .into(),
-                    upstream_url: url,
-                    expected,
-                });
-            }
-            if matches!(freshness, Freshness::Fetched | Freshness::Stale) {
-                break;
-            }
-        }
-        Err(FetchFailure::new(
-            404,
-            format!("{project} has no file {dist} upstream"),
-        ))
+        let (doc_key, url) = (format!("simple/{project}"), self.page_url(&project));
+        let found = self
+            .documents
+            .find(&self.page_request(&doc_key, &url), |doc| {
+                Ok(self.parse(&project, doc)?.file(&dist).cloned())
+            })
+            .await?;
+        let Some(file) = found else {
+            return Err(FetchFailure::not_found(format!(
+                "{project} has no file {dist} upstream"
+            )));
+        };
+        let (url, expected) = if is_metadata {
+            let Some(flag) = &file.core_metadata else {
+                return Err(FetchFailure::not_found(format!(
+                    "upstream offers no metadata file for {dist}"
+                )));
+            };
+            let expected = match flag {
+                MetadataFlag::Hashes(h) => {
+                    h.get("sha256").and_then(|v| ExpectedDigest::sha256_hex(v))
+                }
+                MetadataFlag::Present => None,
+            };
+            (format!("{}.metadata", file.url), expected)
+        } else {
+            let expected = file
+                .hashes
+                .get("sha256")
+                .and_then(|v| ExpectedDigest::sha256_hex(v));
+            (file.url.clone(), expected)
+        };
+        let content_type = if is_metadata {
+            "text/plain; charset=utf-8"
+        } else {
+            "application/octet-stream"
+        };
+        Ok(self.client.fetch(ArtifactSpec {
+            key,
+            ecosystem: self.prefix,
+            name: project,
+            version: String::new(),
+            filename,
+            content_type: content_type.into(),
+            upstream_url: url,
+            verifier: expected.map(|d| d.boxed_verifier()),
+        }))
     }
 }
 
-#[async_trait::async_trait]
-impl Ecosystem for PyPi {
-    fn name(&self) -> &'static str {
-        "pypi"
-    }
+const NO_LIST: &str = "the project list is not served; ask for /simple/{project}/";
 
-    async fn handle(self: Arc<Self>, request: EcosystemRequest<'_>) -> Reply {
-        let path = request.path;
+impl Ecosystem for PyPi {
+    type Op = PyPiOp;
+
+    fn route(&self, method: &Method, path: &str) -> Result<PyPiOp, Refusal> {
+        read_only(method)?;
         if path.contains('%') {
-            return Reply::bad_request("percent-escapes are not accepted in PyPI paths");
+            return Err(Refusal::bad_request(
+                "percent-escapes are not accepted in PyPI paths",
+            ));
         }
         if let Some(rest) = path.strip_prefix("/simple/") {
             let name = rest.strip_suffix('/').unwrap_or(rest);
             if name.is_empty() {
-                return Reply::not_found(
-                    "the project list is not served; ask for /pypi/simple/{project}/",
-                );
+                return Err(Refusal::not_found(NO_LIST));
             }
             if name.contains('/') || !is_valid(name) {
-                return Reply::bad_request(format!("{name:?} is not a valid project name"));
+                return Err(Refusal::bad_request(format!(
+                    "{name:?} is not a valid project name"
+                )));
             }
             let normalized = normalize(name);
             if normalized != name || !rest.ends_with('/') {
-                return Reply::Redirect(format!(
-                    "{}/pypi/simple/{normalized}/",
-                    self.config.base_url
-                ));
+                return Ok(PyPiOp::Canonical(normalized));
             }
-            let accept = request
-                .headers
-                .get(http::header::ACCEPT)
-                .and_then(|v| v.to_str().ok());
-            let Some(format) = negotiate(accept) else {
-                return Reply::Error(
-                    406,
-                    format!("acceptable types are {JSON}, {HTML} and text/html"),
-                );
-            };
-            return self.project_page(&normalized, format).await;
+            return Ok(PyPiOp::Page(normalized));
         }
         if path == "/simple" {
-            return Reply::not_found(
-                "the project list is not served; ask for /pypi/simple/{project}/",
-            );
+            return Err(Refusal::not_found(NO_LIST));
         }
         if let Some(rest) = path.strip_prefix("/packages/") {
             let Some((project, filename)) = rest.split_once('/') else {
-                return Reply::bad_request("expected /pypi/packages/{project}/{file}");
+                return Err(Refusal::bad_request("expected /packages/{project}/{file}"));
             };
             if !is_valid(project) || normalize(project) != project {
-                return Reply::bad_request(format!("{project:?} is not a normalised project name"));
+                return Err(Refusal::bad_request(format!(
+                    "{project:?} is not a normalised project name"
+                )));
             }
             if !is_safe_file_name(filename) {
-                return Reply::bad_request(format!("{filename:?} is not a distribution file name"));
+                return Err(Refusal::bad_request(format!(
+                    "{filename:?} is not a distribution file name"
+                )));
             }
-            let key = match ObjectKey::new(format!("pypi/{project}/{filename}")) {
-                Ok(key) => key,
-                Err(err) => return Reply::bad_request(err.message().to_owned()),
-            };
-            let this = self.clone();
-            let (miss_name, miss_file, miss_key) =
-                (project.to_owned(), filename.to_owned(), key.clone());
-            let resolve: proxyd_ecosystem::Resolver =
-                Box::new(move || Box::pin(this.resolve(miss_name, miss_file, miss_key)));
-            return Reply::Artifact(ArtifactReply { key, resolve });
+            return ObjectKey::new(format!("{}/{project}/{filename}", self.prefix))
+                .map(PyPiOp::File)
+                .map_err(|e| Refusal::bad_request(e.message().to_owned()));
         }
-        Reply::not_found(format!("no PyPI route for {path}"))
+        Err(Refusal::not_found(format!("no PyPI route for {path}")))
+    }
+
+    async fn handle(self: Arc<Self>, op: PyPiOp, request: EcosystemRequest<'_>) -> Reply {
+        match op {
+            PyPiOp::Canonical(normalized) => Reply::Redirect {
+                location: format!("{}/simple/{normalized}/", self.mount_url),
+                permanent: true,
+            },
+            PyPiOp::Page(project) => {
+                let accept = request
+                    .headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let Some(format) = negotiate(accept) else {
+                    return Refusal::new(
+                        RefusalKind::NotAcceptable,
+                        format!("acceptable types are {JSON}, {HTML} and text/html"),
+                    )
+                    .into();
+                };
+                self.project_page(&project, format).await
+            }
+            PyPiOp::File(key) => {
+                let this = self.clone();
+                let miss_key = key.clone();
+                Reply::Stored(StoredReply::immutable(
+                    key,
+                    Box::new(move || Box::pin(this.resolve(miss_key))),
+                ))
+            }
+        }
     }
 }
 

@@ -4,4 +4,4 @@ mod handler;
 mod name;
 mod simple;
 
-pub use handler::{PyPi, PyPiConfig};
+pub use handler::{PyPi, PyPiConfig, PyPiKind, PyPiOp};

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use proxyd_ecosystem::Url;
 use proxyd_ecosystem::names::is_safe_file_name;
-use serde_json::{Map, Value, json};
-use url::Url;
+use proxyd_ecosystem::serde_json::{self, Map, Value, json};
 
 /// `true`, or a set of hashes (`data-core-metadata="sha256=..."`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,7 +309,7 @@ impl Page {
         self.files.retain(|f| {
             let ok = is_safe_file_name(&f.filename);
             if !ok {
-                tracing::warn!(filename = %f.filename, "skipping an upstream file with an unusable name");
+                proxyd_ecosystem::tracing::warn!(filename = %f.filename, "skipping an upstream file with an unusable name");
             }
             ok
         });
@@ -321,7 +321,7 @@ impl Page {
 }
 
 fn link(base: &str, project: &str, f: &FileEntry) -> String {
-    format!("{base}/pypi/packages/{project}/{}", f.filename)
+    format!("{base}/packages/{project}/{}", f.filename)
 }
 
 /// PEP 503 HTML, links pointing at proxyd.
@@ -447,7 +447,7 @@ mod tests {
             "http://up.test/simple/demo/demo-0.9.tar.gz"
         );
 
-        let html = render_html(&page, "demo", "http://proxy.test");
+        let html = render_html(&page, "demo", "http://proxy.test/pypi");
         assert!(html.contains("href=\"http://proxy.test/pypi/packages/demo/demo-1.0-py3-none-any.whl#sha256=aabb\""), "{html}");
         assert!(html.contains("data-requires-python=\"&gt;=3.8\""));
         assert!(html.contains(
@@ -468,7 +468,7 @@ mod tests {
     fn json_round_trip() {
         let page_url = Url::parse("http://up.test/simple/demo/").unwrap();
         let page = parse_html(HTML, &page_url);
-        let json = render_json(&page, "demo", "http://proxy.test");
+        let json = render_json(&page, "demo", "http://proxy.test/pypi");
         let v: Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["meta"]["api-version"], "1.0");
         assert_eq!(v["files"][0]["hashes"]["sha256"], "aabb");

@@ -12,6 +12,8 @@ pub struct Crate {
     pub version: String,
     pub deps: Vec<(String, String)>,
     pub yanked: bool,
+    /// Extra bytes in the archive (to make it larger).
+    pub padding: usize,
 }
 
 impl Crate {
@@ -21,7 +23,13 @@ impl Crate {
             version: version.into(),
             deps: Vec::new(),
             yanked: false,
+            padding: 0,
         }
+    }
+
+    pub fn padded(mut self, bytes: usize) -> Self {
+        self.padding = bytes;
+        self
     }
 
     pub fn depends_on(mut self, name: &str, req: &str) -> Self {
@@ -55,10 +63,17 @@ impl Crate {
             "{uses}pub fn id() -> &'static str {{ \"{}@{}\" }}\n",
             self.name, self.version
         );
-        crate::tar_gz(&[
+        let mut files = vec![
             (format!("{root}/Cargo.toml"), manifest.into_bytes()),
             (format!("{root}/src/lib.rs"), lib.into_bytes()),
-        ])
+        ];
+        if self.padding > 0 {
+            files.push((
+                format!("{root}/padding.bin"),
+                crate::conformance::pattern(self.padding, 11),
+            ));
+        }
+        crate::tar_gz(&files)
     }
 }
 

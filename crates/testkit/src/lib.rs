@@ -3,6 +3,7 @@
 
 pub mod cargo_registry;
 pub mod conformance;
+pub mod ecosystem_suite;
 pub mod emulators;
 pub mod forward;
 pub mod npm_registry;

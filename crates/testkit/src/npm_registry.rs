@@ -157,6 +157,11 @@ impl NpmRegistry {
         self.server.total_hits()
     }
 
+    /// The server underneath (faults, hits).
+    pub fn server(&self) -> &StaticServer {
+        &self.server
+    }
+
     /// Stop answering.
     pub fn stop(&self) {
         self.server.stop();

@@ -2,7 +2,6 @@
 //! If-None-Match, request counting, and faults.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +28,9 @@ pub enum Fault {
     Delay(Duration),
     /// Answer 503.
     Unavailable,
+    /// Answer 200 with the first half of the body, cleanly ended (a document cut short by an
+    /// upstream that ends its response without a length).
+    Truncated,
 }
 
 #[derive(Default)]
@@ -36,6 +38,8 @@ struct State {
     routes: HashMap<String, (Bytes, String)>,
     faults: HashMap<String, Fault>,
     hits: HashMap<String, usize>,
+    /// Stopped: open connections are closed at their next request.
+    stopped: bool,
 }
 
 /// The server. Stops when dropped.
@@ -61,7 +65,12 @@ impl StaticServer {
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(respond(&state, req).await) }
+                        async move {
+                            if state.lock().unwrap().stopped {
+                                return Err(std::io::Error::other("the server is stopped"));
+                            }
+                            Ok(respond(&state, req).await)
+                        }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -128,6 +137,7 @@ impl StaticServer {
 
     /// Stop answering (connections are refused from now on).
     pub fn stop(&self) {
+        self.state.lock().unwrap().stopped = true;
         self.task.abort();
     }
 }
@@ -183,6 +193,7 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
             bytes[mid] ^= 0x55;
             full(StatusCode::OK, bytes)
         }
+        Some(Fault::Truncated) => full(StatusCode::OK, body.slice(..body.len() / 2)),
         Some(Fault::DropMidBody) => {
             let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
                 Ok(Frame::data(body.slice(..body.len() / 2))),

@@ -1,0 +1,561 @@
+//! The ecosystem conformance suite: one set of checks, written once, run for every ecosystem
+//! (as the storage suite runs for every backend). Each ecosystem supplies a [`Fixture`]: a fake
+//! upstream serving one package in its protocol, the paths of its metadata and artifact on
+//! proxyd and upstream, its bad paths and what it negotiates. Each check starts the proxyd
+//! binary on filesystem storage or on S3 (s3s-fs) with direct-serve, and stops everything it
+//! started.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::cargo_registry::{CargoRegistry, Crate};
+use crate::emulators::S3sFs;
+use crate::npm_registry::{NpmRegistry, Package};
+use crate::proxyd::{ProxydProcess, metric};
+use crate::pypi_registry::{File, PageFormat, PyPiRegistry};
+use crate::static_server::{Fault, StaticServer};
+
+/// The ecosystems with a fixture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Npm,
+    PyPi,
+    Cargo,
+}
+
+/// Where proxyd keeps artifacts in a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// A directory: hits are streamed.
+    Fs,
+    /// s3s-fs with direct-serve: GET hits are redirected.
+    S3,
+}
+
+enum Upstream {
+    Npm(NpmRegistry),
+    PyPi(PyPiRegistry),
+    Cargo(CargoRegistry),
+}
+
+/// One ecosystem's package, served by its fake upstream.
+pub struct Fixture {
+    pub kind: Kind,
+    /// The instance's mount (`npm`).
+    pub mount: &'static str,
+    /// proxyd's settings naming the upstream.
+    pub settings: String,
+    /// The package's metadata on proxyd and on upstream.
+    pub metadata_path: String,
+    pub metadata_upstream_path: String,
+    /// The artifact on proxyd and on upstream, and its bytes.
+    pub artifact_path: String,
+    pub artifact_upstream_path: String,
+    pub artifact: Bytes,
+    /// The digest upstream declares (named in the refusal).
+    pub digest: &'static str,
+    /// Whether the metadata reply depends on `Accept`.
+    pub negotiates: bool,
+    /// A document on proxyd that must point back at proxyd, and what it must contain.
+    pub links: (String, String),
+    /// Paths proxyd must refuse with 4xx without asking upstream.
+    pub bad_paths: Vec<String>,
+    upstream: Upstream,
+}
+
+impl Fixture {
+    /// Start the fake upstream of `kind` with one package whose artifact is about `size` bytes.
+    pub async fn start(kind: Kind, size: usize) -> Self {
+        match kind {
+            Kind::Npm => {
+                let pkg = Package::new("conformance-pkg", "1.0.0").padded(size);
+                let registry = NpmRegistry::start(std::slice::from_ref(&pkg)).await;
+                let path = NpmRegistry::tarball_path(&pkg);
+                Self {
+                    kind,
+                    mount: "npm",
+                    settings: format!("upstream:\n  npm: {}\n", registry.url()),
+                    metadata_path: "/npm/conformance-pkg".into(),
+                    metadata_upstream_path: "/conformance-pkg".into(),
+                    artifact_path: format!("/npm{path}"),
+                    artifact_upstream_path: path,
+                    artifact: registry.tarball(&pkg),
+                    digest: "sha512",
+                    negotiates: true,
+                    links: (
+                        "/npm/conformance-pkg".into(),
+                        "/npm/conformance-pkg/-/conformance-pkg-1.0.0.tgz".into(),
+                    ),
+                    bad_paths: vec![
+                        "/npm/conformance-pkg/-/..%2fx.tgz".into(),
+                        "/npm/conformance-pkg/-/conformance-pkg-1.0.0.zip".into(),
+                        "/npm/@a/b/c".into(),
+                        "/npm/.hidden".into(),
+                    ],
+                    upstream: Upstream::Npm(registry),
+                }
+            }
+            Kind::PyPi => {
+                let filename = "conformance_pkg-1.0-py3-none-any.whl".to_owned();
+                let bytes = Bytes::from(crate::conformance::pattern(size.max(64), 3));
+                let file = File {
+                    project: "conformance-pkg".into(),
+                    filename: filename.clone(),
+                    bytes: bytes.clone(),
+                    metadata: None,
+                };
+                let registry = PyPiRegistry::start(PageFormat::Html, vec![file]).await;
+                Self {
+                    kind,
+                    mount: "pypi",
+                    settings: format!("upstream:\n  pypi: {}\n", registry.index_url()),
+                    metadata_path: "/pypi/simple/conformance-pkg/".into(),
+                    metadata_upstream_path: "/simple/conformance-pkg/".into(),
+                    artifact_path: format!("/pypi/packages/conformance-pkg/{filename}"),
+                    artifact_upstream_path: format!("/files/{filename}"),
+                    artifact: bytes,
+                    digest: "sha256",
+                    negotiates: true,
+                    links: (
+                        "/pypi/simple/conformance-pkg/".into(),
+                        format!("/pypi/packages/conformance-pkg/{filename}"),
+                    ),
+                    bad_paths: vec![
+                        "/pypi/packages/Conformance_Pkg/x.whl".into(),
+                        "/pypi/packages/conformance-pkg/.x.whl".into(),
+                        "/pypi/simple/a/b/".into(),
+                    ],
+                    upstream: Upstream::PyPi(registry),
+                }
+            }
+            Kind::Cargo => {
+                let krate = Crate::new("conformance-pkg", "1.0.0").padded(size);
+                let registry = CargoRegistry::start(std::slice::from_ref(&krate)).await;
+                let upstream_path = CargoRegistry::crate_path("conformance-pkg", "1.0.0");
+                let artifact = registry.server.get(&upstream_path).unwrap();
+                Self {
+                    kind,
+                    mount: "cargo",
+                    settings: format!("upstream:\n  cargo: {}\n", registry.index_url()),
+                    metadata_path: "/cargo/co/nf/conformance-pkg".into(),
+                    metadata_upstream_path: "/index/co/nf/conformance-pkg".into(),
+                    artifact_path: "/cargo/crates/conformance-pkg/1.0.0/download".into(),
+                    artifact_upstream_path: upstream_path,
+                    artifact,
+                    digest: "sha256",
+                    negotiates: false,
+                    links: (
+                        "/cargo/config.json".into(),
+                        "/cargo/crates/{crate}/{version}/download".into(),
+                    ),
+                    bad_paths: vec![
+                        "/cargo/crates/conformance-pkg/..%2f/download".into(),
+                        "/cargo/crates/-x/1.0.0/download".into(),
+                        "/cargo/co/nf/other-name".into(),
+                    ],
+                    upstream: Upstream::Cargo(registry),
+                }
+            }
+        }
+    }
+
+    /// The fake upstream's server (faults, hit counts).
+    pub fn server(&self) -> &StaticServer {
+        match &self.upstream {
+            Upstream::Npm(r) => r.server(),
+            Upstream::PyPi(r) => &r.server,
+            Upstream::Cargo(r) => &r.server,
+        }
+    }
+
+    /// Paths every ecosystem must refuse: traversal (plain and encoded), NUL, a name of
+    /// 10,000 characters, a doubled slash before the mount, and its own bad paths.
+    pub fn all_bad_paths(&self) -> Vec<String> {
+        let m = self.mount;
+        let mut paths = vec![
+            format!("/{m}/..%2f..%2fetc%2fpasswd"),
+            format!("/{m}/%2e%2e/%2e%2e/etc/passwd"),
+            format!("/{m}/a%00b"),
+            format!("/{m}/{}", "a".repeat(10_000)),
+            format!("/{m}/packages/{}/x", "a".repeat(10_000)),
+            format!("/{m}/simple/{}/", "a".repeat(10_000)),
+            format!("/{m}/crates/{}/1.0.0/download", "a".repeat(10_000)),
+            format!("/{m}/a%ffb"),
+            format!("/{}", self.artifact_path.trim_start_matches('/')).replacen('/', "//", 1),
+        ];
+        paths.extend(self.bad_paths.iter().cloned());
+        paths
+    }
+}
+
+/// proxyd over `storage` with the fixture's settings plus `extra` YAML.
+pub struct Running {
+    pub proxyd: ProxydProcess,
+    pub redirects: bool,
+    _s3: Option<S3sFs>,
+}
+
+/// Start proxyd for `fixture` on `storage`.
+pub fn start_proxyd(bin: &str, fixture: &Fixture, storage: Storage, extra: &str) -> Running {
+    let (yaml, env, s3) = match storage {
+        Storage::Fs => (String::new(), vec![], None),
+        Storage::S3 => {
+            let server = S3sFs::start();
+            server.create_bucket("artifacts");
+            let yaml = format!(
+                "storage:\n  url: \"s3://artifacts?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n  direct_serve: true\n",
+                server.endpoint()
+            );
+            let env = vec![
+                ("AWS_ACCESS_KEY_ID", S3sFs::ACCESS_KEY.to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", S3sFs::SECRET_KEY.to_owned()),
+            ];
+            (yaml, env, Some(server))
+        }
+    };
+    let config = format!("{yaml}{}{extra}", fixture.settings);
+    let proxyd = ProxydProcess::start(bin, &config, &env);
+    Running {
+        proxyd,
+        redirects: storage == Storage::S3,
+        _s3: s3,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// GET `url`, following one redirect to storage when `redirects`; the status of the first
+/// answer and the bytes finally received (an error when the transfer broke off).
+async fn download(url: &str, redirects: bool) -> (u16, Result<Bytes, String>) {
+    let c = client();
+    let first = c.get(url).send().await.unwrap();
+    let status = first.status().as_u16();
+    if redirects && status == 302 {
+        let location = first.headers()["location"].to_str().unwrap().to_owned();
+        let body = c
+            .get(&location)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map_err(|e| e.to_string());
+        return (status, body);
+    }
+    (status, first.bytes().await.map_err(|e| e.to_string()))
+}
+
+/// A miss is fetched once and stored; the next request is a hit (a redirect on S3), counted
+/// once each.
+pub async fn miss_then_hit(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 100_000).await;
+    let run = start_proxyd(bin, &f, storage, "");
+    let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
+    let (status, body) = download(&url, run.redirects).await;
+    assert_eq!(status, 200, "the miss streams");
+    assert_eq!(body.unwrap(), f.artifact);
+    let (status, body) = download(&url, run.redirects).await;
+    assert_eq!(status, if run.redirects { 302 } else { 200 });
+    assert_eq!(body.unwrap(), f.artifact);
+    assert_eq!(f.server().hits(&f.artifact_upstream_path), 1);
+    let m = run.proxyd.metrics().await;
+    let label = [("ecosystem", f.mount)];
+    assert_eq!(metric(&m, "proxyd_cache_misses_total", &label), 1.0);
+    assert_eq!(metric(&m, "proxyd_cache_hits_total", &label), 1.0);
+    assert_eq!(
+        run.proxyd.stats().await["ecosystems"][f.mount]["cached_artifacts"],
+        1
+    );
+}
+
+/// Fifty concurrent requests for one uncached artifact make one upstream request.
+pub async fn fifty_concurrent_misses_make_one_fetch(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 1_000_000).await;
+    f.server().set_fault(
+        &f.artifact_upstream_path,
+        Fault::Delay(Duration::from_millis(300)),
+    );
+    let run = start_proxyd(bin, &f, storage, "");
+    let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
+    let requests = (0..50).map(|_| {
+        let (url, redirects) = (url.clone(), run.redirects);
+        tokio::spawn(async move { download(&url, redirects).await })
+    });
+    for result in futures::future::join_all(requests).await {
+        let (_, body) = result.unwrap();
+        assert_eq!(body.unwrap(), f.artifact);
+    }
+    assert_eq!(f.server().hits(&f.artifact_upstream_path), 1);
+}
+
+/// Bytes that do not match the declared digest are refused, and nothing is stored.
+pub async fn digest_mismatch_is_refused(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 200_000).await;
+    f.server()
+        .set_fault(&f.artifact_upstream_path, Fault::Corrupt);
+    let run = start_proxyd(bin, &f, storage, "");
+    let (_, body) = download(&format!("{}{}", run.proxyd.url(), f.artifact_path), false).await;
+    assert!(
+        body.is_err() || body.unwrap().len() < f.artifact.len(),
+        "never a clean full body"
+    );
+    run.proxyd.assert_refused_as_corrupt(f.digest).await;
+}
+
+/// An upstream that drops the connection mid-body aborts the client's transfer and stores
+/// nothing; once upstream behaves the artifact is cached.
+pub async fn dropped_upstream_aborts_the_client(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 300_000).await;
+    f.server()
+        .set_fault(&f.artifact_upstream_path, Fault::DropMidBody);
+    let run = start_proxyd(bin, &f, storage, "");
+    let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
+    let (_, body) = download(&url, false).await;
+    assert!(
+        !body.is_ok_and(|b| b.len() == f.artifact.len()),
+        "a broken download must not look complete"
+    );
+    assert_eq!(run.proxyd.stats().await["cached_artifacts"], 0);
+    f.server()
+        .set_fault(&f.artifact_upstream_path, Fault::Delay(Duration::ZERO));
+    let (_, body) = download(&url, run.redirects).await;
+    assert_eq!(body.unwrap(), f.artifact);
+}
+
+/// Upstream errors become 502 and slow upstreams 504, each with a one-line reason.
+pub async fn upstream_failures_give_502_and_504(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 1_000).await;
+    let extra = format!(
+        "ecosystems:\n  {}:\n    upstream_timeout: 1s\n    upstream_retries: 1\n",
+        f.mount
+    );
+    let run = start_proxyd(bin, &f, storage, &extra);
+    let c = client();
+    f.server()
+        .set_fault(&f.metadata_upstream_path, Fault::Unavailable);
+    let resp = c
+        .get(format!("{}{}", run.proxyd.url(), f.metadata_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    assert_eq!(text.lines().count(), 1, "{text:?}");
+    assert!(
+        text.contains("503"),
+        "the reason names upstream's answer: {text}"
+    );
+    assert_eq!(
+        f.server().hits(&f.metadata_upstream_path),
+        2,
+        "a 503 is retried (upstream_retries: 1)"
+    );
+    f.server().set_fault(
+        &f.metadata_upstream_path,
+        Fault::Delay(Duration::from_secs(3)),
+    );
+    let resp = c
+        .get(format!("{}{}", run.proxyd.url(), f.metadata_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(resp.text().await.unwrap().contains("timed out"));
+}
+
+/// Metadata cut short is never served or kept as complete: the first time a 502; after a good
+/// copy, the good copy (stale) rather than the cut one.
+pub async fn metadata_cut_short_is_never_kept(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 1_000).await;
+    let run = start_proxyd(bin, &f, storage, "metadata_ttl: 1s\n");
+    let url = format!("{}{}", run.proxyd.url(), f.metadata_path);
+    f.server()
+        .set_fault(&f.metadata_upstream_path, Fault::Truncated);
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 502, "{}", resp.text().await.unwrap());
+    f.server()
+        .set_fault(&f.metadata_upstream_path, Fault::Delay(Duration::ZERO));
+    let good = client().get(&url).send().await.unwrap();
+    assert_eq!(good.status(), 200);
+    let good = good.bytes().await.unwrap();
+    f.server()
+        .set_fault(&f.metadata_upstream_path, Fault::Truncated);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let again = client().get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        again.bytes().await.unwrap(),
+        good,
+        "the whole copy, not the cut one"
+    );
+}
+
+/// With the upstream gone, metadata is served stale and every cached artifact still installs.
+pub async fn served_offline_after_warm_up(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 10_000).await;
+    let run = start_proxyd(bin, &f, storage, "metadata_ttl: 1s\n");
+    let meta = format!("{}{}", run.proxyd.url(), f.metadata_path);
+    let art = format!("{}{}", run.proxyd.url(), f.artifact_path);
+    assert_eq!(client().get(&meta).send().await.unwrap().status(), 200);
+    assert_eq!(download(&art, run.redirects).await.1.unwrap(), f.artifact);
+    f.server().stop();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let stale = client().get(&meta).send().await.unwrap();
+    assert_eq!(stale.status(), 200);
+    assert!(stale.headers().contains_key("warning"), "marked stale");
+    assert_eq!(download(&art, run.redirects).await.1.unwrap(), f.artifact);
+}
+
+/// Bad paths answer 4xx with one line and reach neither upstream nor storage; other methods
+/// answer 405.
+pub async fn bad_paths_reach_nothing(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 1_000).await;
+    let run = start_proxyd(bin, &f, storage, "");
+    let c = client();
+    for path in f.all_bad_paths() {
+        let resp = c
+            .get(format!("{}{path}", run.proxyd.url()))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let shown: String = path.chars().take(80).collect();
+        assert!((400..500).contains(&status), "{shown}: {status}");
+        let text = resp.text().await.unwrap();
+        assert_eq!(text.lines().count(), 1, "one line for {shown}: {text:?}");
+    }
+    let post = c
+        .post(format!("{}{}", run.proxyd.url(), f.artifact_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert!(post.headers().contains_key("allow"));
+    assert_eq!(f.server().total_hits(), 0, "nothing reached upstream");
+    assert_eq!(run.proxyd.stats().await["cached_artifacts"], 0);
+}
+
+/// HEAD is answered by proxyd, never redirected, with the entity headers.
+pub async fn head_is_never_redirected(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 10_000).await;
+    let run = start_proxyd(bin, &f, storage, "");
+    let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
+    download(&url, run.redirects).await.1.unwrap();
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(!head.headers().contains_key("location"));
+    for name in ["content-length", "content-type", "etag", "last-modified"] {
+        assert!(head.headers().contains_key(name), "HEAD lacks {name}");
+    }
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        f.artifact.len().to_string()
+    );
+}
+
+/// Streamed hits honour Range (the largest end a client can write included; several ranges
+/// get the whole body), If-None-Match and If-Modified-Since. On S3 the same rules hold on
+/// the storage URL, so this runs where proxyd streams.
+pub async fn range_and_conditionals(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 50_000).await;
+    let run = start_proxyd(
+        bin,
+        &f,
+        storage,
+        &format!("ecosystems:\n  {}:\n    direct_serve: false\n", f.mount),
+    );
+    let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
+    download(&url, false).await.1.unwrap();
+    let c = client();
+    let get = |range: Option<&str>, header: Option<(&'static str, String)>| {
+        let mut request = c.get(&url);
+        if let Some(r) = range {
+            request = request.header("range", r.to_owned());
+        }
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let hit = get(None, None).await.unwrap();
+    assert_eq!(hit.status(), 200);
+    let etag = hit.headers()["etag"].to_str().unwrap().to_owned();
+    let modified = hit.headers()["last-modified"].to_str().unwrap().to_owned();
+    let part = get(Some("bytes=10-19"), None).await.unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 10-19/{}", f.artifact.len())
+    );
+    assert_eq!(part.bytes().await.unwrap(), f.artifact.slice(10..20));
+    let huge = get(Some("bytes=0-18446744073709551615"), None)
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 200, "the whole file, not a panic or a 416");
+    assert_eq!(huge.bytes().await.unwrap(), f.artifact);
+    let tail = get(Some("bytes=5-18446744073709551615"), None)
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 206);
+    assert_eq!(tail.bytes().await.unwrap(), f.artifact.slice(5..));
+    let several = get(Some("bytes=0-1,5-6"), None).await.unwrap();
+    assert_eq!(several.status(), 200);
+    assert_eq!(several.bytes().await.unwrap(), f.artifact);
+    let outside = get(Some(&format!("bytes={}-", f.artifact.len())), None)
+        .await
+        .unwrap();
+    assert_eq!(outside.status(), 416);
+    let cond = get(None, Some(("if-none-match", etag))).await.unwrap();
+    assert_eq!(cond.status(), 304);
+    let since = get(None, Some(("if-modified-since", modified)))
+        .await
+        .unwrap();
+    assert_eq!(since.status(), 304);
+}
+
+/// Metadata points back at proxyd, carries `Vary: Accept` where `Accept` chooses it, and
+/// honours If-None-Match.
+pub async fn metadata_points_at_proxyd(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 1_000).await;
+    let run = start_proxyd(bin, &f, storage, "");
+    let (doc_path, needle) = &f.links;
+    let c = client();
+    let doc = c
+        .get(format!("{}{doc_path}", run.proxyd.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(doc.status(), 200);
+    let text = doc.text().await.unwrap();
+    let expected = format!("{}{needle}", run.proxyd.url());
+    assert!(text.contains(&expected), "{expected} not in {text}");
+    let meta = c
+        .get(format!("{}{}", run.proxyd.url(), f.metadata_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(meta.status(), 200);
+    let vary = meta
+        .headers()
+        .get("vary")
+        .map(|v| v.to_str().unwrap().to_owned());
+    if f.negotiates {
+        assert_eq!(vary.as_deref(), Some("Accept"));
+    } else {
+        assert_eq!(vary, None);
+    }
+    let etag = meta.headers()["etag"].to_str().unwrap().to_owned();
+    let again = c
+        .get(format!("{}{}", run.proxyd.url(), f.metadata_path))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+}
