@@ -744,3 +744,77 @@ impl Stream for GuardedBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(name: &str, prefix: &str, credential: Credential) -> UpstreamAuth {
+        UpstreamAuth {
+            name: name.into(),
+            url_prefix: prefix.into(),
+            credential,
+        }
+    }
+
+    #[test]
+    fn credentials_go_to_the_longest_prefix_only_and_never_print() {
+        let settings = UpstreamSettings {
+            auth: vec![
+                auth(
+                    "wide",
+                    "https://registry.example/",
+                    Credential::Bearer {
+                        token: "wide-token".into(),
+                    },
+                ),
+                auth(
+                    "narrow",
+                    "https://registry.example/private/",
+                    Credential::Basic {
+                        username: "me".into(),
+                        password: "hunter2".into(),
+                    },
+                ),
+            ],
+            ..UpstreamSettings::default()
+        };
+        let clients = Arc::new(UpstreamClients::new(&settings).unwrap());
+        let upstream = clients.for_instance("npm", None, UpstreamLimits::default());
+        let pick = |url: &str| upstream.auth_for(url).map(|a| a.name.as_str());
+        assert_eq!(
+            pick("https://registry.example/private/x.tgz"),
+            Some("narrow")
+        );
+        assert_eq!(pick("https://registry.example/public/x.tgz"), Some("wide"));
+        assert_eq!(
+            pick("https://files.example/x.tgz"),
+            None,
+            "not sent elsewhere"
+        );
+        let (name, value) = upstream
+            .auth_for("https://registry.example/private/x")
+            .and_then(UpstreamAuth::header)
+            .unwrap();
+        assert_eq!(name, header::AUTHORIZATION);
+        assert!(value.is_sensitive());
+        let shown = format!("{:?}", settings.auth);
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("wide-token"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = std::env::temp_dir().join(format!("proxyd-ca-{}", std::process::id()));
+        std::fs::write(&dir, "not a certificate").unwrap();
+        let settings = UpstreamSettings {
+            ca_file: Some(dir.clone()),
+            ..UpstreamSettings::default()
+        };
+        let err = UpstreamClients::new(&settings).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&dir);
+        assert!(err.contains("upstream.ca_file"), "{err}");
+    }
+}
