@@ -192,9 +192,16 @@ async fn serve(
         }
     });
 
+    let extra_ca = match &settings.upstream.ca_file {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("upstream.ca_file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let options = proxyd_storage::StorageOptions::with_public_base_url(
         settings.direct_serve_base_url.clone(),
-    );
+    )
+    .with_extra_ca_pem(extra_ca);
     let lookup = |name: &str| env.get(name).cloned();
     let storage = proxyd_storage::open(&settings.storage_url, &options, &lookup)
         .await

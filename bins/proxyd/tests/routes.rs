@@ -1,6 +1,7 @@
 //! Routing is a pure function from method and path to an operation or a refusal: table-tested
 //! here for every ecosystem, and run over 20,000 generated hostile paths each, with no network.
-//! Every accepted artifact maps to a storage key under the instance's prefix.
+//! Every accepted artifact maps to a storage key under the instance's prefix. Also: names
+//! clients make up leave no per-name lock behind in the metadata documents.
 
 use std::sync::Arc;
 
@@ -12,6 +13,13 @@ use proxyd_ecosystem::{
 };
 
 async fn context(instance: &'static str, dir: &std::path::Path) -> EcosystemContext {
+    context_and_store(instance, dir).await.0
+}
+
+async fn context_and_store(
+    instance: &'static str,
+    dir: &std::path::Path,
+) -> (EcosystemContext, Arc<MetadataCache>) {
     let storage = proxyd_storage::open(
         &format!("file://{}", dir.join("a").display()),
         &proxyd_storage::StorageOptions::default(),
@@ -24,19 +32,49 @@ async fn context(instance: &'static str, dir: &std::path::Path) -> EcosystemCont
         .await
         .unwrap();
     let clients = Arc::new(UpstreamClients::new(&UpstreamSettings::default()).unwrap());
-    let upstream = clients.for_instance(instance, None, UpstreamLimits::default());
+    let limits = UpstreamLimits {
+        retries: 0,
+        ..UpstreamLimits::default()
+    };
+    let upstream = clients.for_instance(instance, None, limits);
     let store = Arc::new(MetadataCache::new(
         cache,
         std::time::Duration::from_secs(60),
     ));
-    EcosystemContext {
+    let context = EcosystemContext {
         instance,
         mount: instance,
         base_url: "http://proxy.test".into(),
         mount_url: format!("http://proxy.test/{instance}"),
-        documents: Documents::new(store, upstream.clone(), instance),
+        documents: Documents::new(store.clone(), upstream.clone(), instance),
         upstream,
+    };
+    (context, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_names_leave_no_lock_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (context, store) = context_and_store("npm", dir.path()).await;
+    // Nothing listens on port 9 of 127.0.0.1: every lookup fails at once.
+    let lookups = (0..2_000).map(|n| {
+        let documents = context.documents.clone();
+        tokio::spawn(async move {
+            let key = format!("full/made-up-{n}");
+            let url = format!("http://127.0.0.1:9/made-up-{n}");
+            let request = proxyd_ecosystem::DocumentRequest {
+                key: &key,
+                url: &url,
+                accept: "application/json",
+                check: proxyd_ecosystem::json_body,
+            };
+            documents.get(&request, false).await.is_err()
+        })
+    });
+    for failed in futures::future::join_all(lookups).await {
+        assert!(failed.unwrap());
     }
+    assert_eq!(store.refresh_locks(), 0);
 }
 
 /// A small deterministic generator (xorshift), so a failure can be reproduced from its seed.
@@ -95,7 +133,7 @@ impl Paths {
         for _ in 0..len {
             path.push_str(PARTS[(self.next() % PARTS.len() as u64) as usize]);
         }
-        if self.next() % 50 == 0 {
+        if self.next().is_multiple_of(50) {
             path.push_str(&"a".repeat(10_000));
         }
         path

@@ -525,3 +525,65 @@ async fn cached_downloads_streamed_for_want_of_signing_are_counted() {
         "once at start-up, once at the first fallback"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstreams_are_trusted_through_the_system_store_or_ca_file() {
+    let ca = proxyd_testkit::tls::TestCa::new();
+    let upstream = proxyd_testkit::static_server::StaticServer::start_tls(&ca).await;
+    let tarball = proxyd_testkit::tar_gz(&[("package/index.js".into(), b"1".to_vec())]);
+    let packument = serde_json::json!({
+        "name": "secure",
+        "versions": {"1.0.0": {"name": "secure", "version": "1.0.0",
+            "dist": {"tarball": format!("{}/secure/-/secure-1.0.0.tgz", upstream.https_url())}}},
+    });
+    upstream.put("/secure", packument.to_string(), "application/json");
+    upstream.put(
+        "/secure/-/secure-1.0.0.tgz",
+        tarball.clone(),
+        "application/octet-stream",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.ca_pem()).unwrap();
+    let settings = format!("upstream:\n  npm: {}\n", upstream.https_url());
+
+    // Not trusted: the reason names the cause.
+    let untrusted = ProxydProcess::start(BIN, &settings, &[]);
+    let resp = client()
+        .get(format!("{}/npm/secure", untrusted.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("issuer"), "{text}");
+    assert!(
+        untrusted.log().contains("issuer"),
+        "the log names the cause too"
+    );
+
+    // Trusted through upstream.ca_file, or through the system store (SSL_CERT_FILE).
+    let with_file = format!("{settings}  ca_file: {}\n", ca_path.display());
+    let with_env_var = [("SSL_CERT_FILE", ca_path.display().to_string())];
+    for (config, env) in [
+        (with_file.as_str(), &[][..]),
+        (settings.as_str(), &with_env_var[..]),
+    ] {
+        let proxyd = ProxydProcess::start(BIN, config, env);
+        let doc = client()
+            .get(format!("{}/npm/secure", proxyd.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(doc.status(), 200, "{}", proxyd.log());
+        let body = client()
+            .get(format!("{}/npm/secure/-/secure-1.0.0.tgz", proxyd.url()))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body, tarball);
+    }
+}

@@ -817,4 +817,84 @@ mod tests {
         let _ = std::fs::remove_file(&dir);
         assert!(err.contains("upstream.ca_file"), "{err}");
     }
+
+    /// A server on 127.0.0.1 that answers each request with headers announcing 1,000 bytes and
+    /// then sends one byte every `every` (forever), until the test ends.
+    async fn trickling_server(every: Duration) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/file", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        tokio::time::sleep(every).await;
+                        if stream.write_all(b"x").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, task)
+    }
+
+    fn upstream_for(url: &str, limits: UpstreamLimits) -> Upstream {
+        let clients = Arc::new(UpstreamClients::new(&UpstreamSettings::default()).unwrap());
+        clients.for_instance("test", Some(Url::parse(url).unwrap()), limits)
+    }
+
+    #[tokio::test]
+    async fn a_busy_upstream_makes_further_requests_wait_then_time_out() {
+        let (url, server) = trickling_server(Duration::from_millis(50)).await;
+        let upstream = upstream_for(
+            &url,
+            UpstreamLimits {
+                timeout: Duration::from_millis(300),
+                concurrency: 1,
+                retries: 0,
+                ..UpstreamLimits::default()
+            },
+        );
+        let first = upstream.artifact(&url).await.unwrap();
+        let Err(second) = upstream.artifact(&url).await else {
+            panic!("a second download while the only slot is busy");
+        };
+        assert_eq!(second.kind, FailureKind::Timeout);
+        assert!(second.message.contains("stayed busy"), "{}", second.message);
+        drop(first);
+        assert!(upstream.artifact(&url).await.is_ok(), "the slot came back");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_download_longer_than_its_deadline_fails() {
+        let (url, server) = trickling_server(Duration::from_millis(20)).await;
+        let upstream = upstream_for(
+            &url,
+            UpstreamLimits {
+                deadline: Duration::from_millis(300),
+                retries: 0,
+                ..UpstreamLimits::default()
+            },
+        );
+        let mut body = upstream.artifact(&url).await.unwrap().body;
+        let mut received = 0;
+        let failure = loop {
+            match body.next().await {
+                Some(Ok(chunk)) => received += chunk.len(),
+                Some(Err(err)) => break err,
+                None => panic!("ended cleanly after {received} bytes"),
+            }
+        };
+        assert!(received > 0 && received < 1000, "{received}");
+        assert!(failure.to_string().contains("deadline"), "{failure}");
+        server.abort();
+    }
 }

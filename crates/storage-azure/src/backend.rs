@@ -122,7 +122,9 @@ impl AzureStorage {
             account: config.account.clone(),
             uri: config.endpoint.clone(),
         };
+        let http = http_client(config.extra_ca_pem.as_deref())?;
         let container = ClientBuilder::with_location(location, credentials)
+            .transport(azure_core::TransportOptions::new(Arc::new(http)))
             .container_client(config.container.clone());
         let storage = Self {
             inner: Arc::new(Inner { container, config }),
@@ -426,6 +428,28 @@ impl Storage for AzureStorage {
         }
         Ok(out)
     }
+}
+
+/// The HTTP client of the Azure SDK: the system's certificate store (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` honoured) plus `extra_ca_pem`, instead of only the SDK's bundled roots.
+fn http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client> {
+    let native = rustls_native_certs::load_native_certs();
+    let mut builder = reqwest::Client::builder().tls_built_in_root_certs(native.certs.is_empty());
+    for der in &native.certs {
+        if let Ok(cert) = reqwest::Certificate::from_der(der.as_ref()) {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some(pem) = extra_ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| Error::invalid("open", format!("extra CA certificates: {e}")))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| Error::invalid("open", format!("Azure HTTP client: {e}")))
 }
 
 #[cfg(test)]

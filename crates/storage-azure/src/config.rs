@@ -43,6 +43,8 @@ pub struct AzureConfig {
     pub public_base_url: Option<String>,
     /// Block size for staged puts.
     pub block_size: usize,
+    /// PEM certificates trusted in addition to the system's store (`upstream.ca_file`).
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl AzureConfig {
@@ -60,6 +62,7 @@ impl AzureConfig {
             credentials,
             public_base_url: None,
             block_size: DEFAULT_BLOCK_SIZE,
+            extra_ca_pem: None,
         }
     }
 
@@ -163,6 +166,12 @@ impl AzureConfig {
     pub fn with_public_base_url(mut self, base: &str) -> Result<Self> {
         self.public_base_url = Some(validate_public_base_url(base)?);
         Ok(self)
+    }
+
+    /// Also trust the PEM certificates in `pem` (the system's store is always trusted).
+    pub fn with_extra_ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.extra_ca_pem = Some(pem);
+        self
     }
 }
 

@@ -64,6 +64,21 @@ impl S3Storage {
                 "proxyd-static",
             ));
         }
+        if let Some(pem) = &config.extra_ca_pem {
+            use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+            // The system's roots stay (TrustStore's default), with these added.
+            let context = TlsContext::builder()
+                .with_trust_store(TrustStore::default().with_pem_certificate(pem.clone()))
+                .build()
+                .map_err(|e| Error::invalid("open", format!("extra CA certificates: {e}")))?;
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .tls_context(context)
+                .build_https();
+            loader = loader.http_client(http);
+        }
         let sdk = loader.load().await;
         // S3-compatible stores differ in their support of the newer default checksums; ask for
         // them only where the API requires them.

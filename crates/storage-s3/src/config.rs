@@ -58,6 +58,8 @@ pub struct S3Config {
     pub credentials: Option<StaticCredentials>,
     /// Multipart part size; bodies larger than one part are uploaded in parts.
     pub part_size: usize,
+    /// PEM certificates trusted in addition to the system's store (`upstream.ca_file`).
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl S3Config {
@@ -71,6 +73,7 @@ impl S3Config {
             public_base_url: None,
             credentials: None,
             part_size: DEFAULT_PART_SIZE,
+            extra_ca_pem: None,
         }
     }
 
@@ -131,6 +134,12 @@ impl S3Config {
     pub fn with_public_base_url(mut self, base: &str) -> Result<Self> {
         self.public_base_url = Some(proxyd_storage_core::validate_public_base_url(base)?);
         Ok(self)
+    }
+
+    /// Also trust the PEM certificates in `pem` (the system's store is always trusted).
+    pub fn with_extra_ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.extra_ca_pem = Some(pem);
+        self
     }
 
     pub(crate) fn check(&self) -> Result<()> {

@@ -10,12 +10,23 @@ pub use proxyd_storage_core::*;
 pub struct StorageOptions {
     /// Public `scheme://host[:port]` of the storage endpoint, used in presigned URLs.
     pub public_base_url: Option<String>,
+    /// PEM certificates trusted in addition to the system's store (`upstream.ca_file`).
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl StorageOptions {
     /// Options with a public base URL.
     pub fn with_public_base_url(public_base_url: Option<String>) -> Self {
-        Self { public_base_url }
+        Self {
+            public_base_url,
+            extra_ca_pem: None,
+        }
+    }
+
+    /// The same options, also trusting the PEM certificates in `pem`.
+    pub fn with_extra_ca_pem(mut self, pem: Option<Vec<u8>>) -> Self {
+        self.extra_ca_pem = pem;
+        self
     }
 }
 
@@ -48,6 +59,9 @@ pub async fn open(
             if let Some(base) = &options.public_base_url {
                 config = config.with_public_base_url(base)?;
             }
+            if let Some(pem) = &options.extra_ca_pem {
+                config = config.with_extra_ca_pem(pem.clone());
+            }
             Ok(Arc::new(
                 proxyd_storage_s3::S3Storage::connect(config).await?,
             ))
@@ -57,6 +71,9 @@ pub async fn open(
             let mut config = proxyd_storage_azure::AzureConfig::from_url(url, env)?;
             if let Some(base) = &options.public_base_url {
                 config = config.with_public_base_url(base)?;
+            }
+            if let Some(pem) = &options.extra_ca_pem {
+                config = config.with_extra_ca_pem(pem.clone());
             }
             Ok(Arc::new(
                 proxyd_storage_azure::AzureStorage::connect(config).await?,

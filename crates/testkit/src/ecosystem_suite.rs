@@ -356,6 +356,20 @@ pub async fn upstream_failures_give_502_and_504(bin: &str, kind: Kind, storage: 
         2,
         "a 503 is retried (upstream_retries: 1)"
     );
+    f.server()
+        .set_fault(&f.metadata_upstream_path, Fault::TooManyRequests);
+    let resp = c
+        .get(format!("{}{}", run.proxyd.url(), f.metadata_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(resp.text().await.unwrap().contains("429"));
+    assert_eq!(
+        f.server().hits(&f.metadata_upstream_path),
+        4,
+        "429 retried too"
+    );
     f.server().set_fault(
         &f.metadata_upstream_path,
         Fault::Delay(Duration::from_secs(3)),
@@ -367,6 +381,23 @@ pub async fn upstream_failures_give_502_and_504(bin: &str, kind: Kind, storage: 
         .unwrap();
     assert_eq!(resp.status(), 504);
     assert!(resp.text().await.unwrap().contains("timed out"));
+    // An artifact whose upstream stalls mid-body: the client's transfer fails after the
+    // timeout (never a clean short body), and nothing is cached.
+    f.server()
+        .set_fault(&f.metadata_upstream_path, Fault::Delay(Duration::ZERO));
+    f.server()
+        .set_fault(&f.artifact_upstream_path, Fault::StallMidBody);
+    let (_, body) = download(&format!("{}{}", run.proxyd.url(), f.artifact_path), false).await;
+    assert!(
+        !body.is_ok_and(|b| b.len() == f.artifact.len()),
+        "a stalled download must not look complete"
+    );
+    assert_eq!(run.proxyd.stats().await["cached_artifacts"], 0);
+    assert!(
+        run.proxyd.log().contains("sent nothing for 1s"),
+        "{}",
+        run.proxyd.log()
+    );
 }
 
 /// Metadata cut short is never served or kept as complete: the first time a 502; after a good

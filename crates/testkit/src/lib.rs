@@ -10,6 +10,7 @@ pub mod npm_registry;
 pub mod proxyd;
 pub mod pypi_registry;
 pub mod static_server;
+pub mod tls;
 
 use std::path::PathBuf;
 

@@ -28,6 +28,11 @@ pub enum Fault {
     Delay(Duration),
     /// Answer 503.
     Unavailable,
+    /// Answer 429 Too Many Requests.
+    TooManyRequests,
+    /// Announce the full length, send half, then send nothing more (the connection stays
+    /// open).
+    StallMidBody,
     /// Answer 200 with the first half of the body, cleanly ended (a document cut short by an
     /// upstream that ends its response without a length).
     Truncated,
@@ -52,6 +57,15 @@ pub struct StaticServer {
 impl StaticServer {
     /// Start on a free port with no routes.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Start serving HTTPS with the certificate `ca` issued for 127.0.0.1.
+    pub async fn start_tls(ca: &crate::tls::TestCa) -> Self {
+        Self::start_with(Some(ca.acceptor())).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
@@ -62,6 +76,7 @@ impl StaticServer {
                     continue;
                 };
                 let state = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
@@ -72,18 +87,36 @@ impl StaticServer {
                             Ok(respond(&state, req).await)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            // A client that refuses the certificate ends the handshake here.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
         Self { addr, state, task }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with TLS).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     /// Serve `body` at `path` (decoded, `%2f` as `/`).
@@ -170,6 +203,7 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
     match fault {
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Unavailable) => return full(StatusCode::SERVICE_UNAVAILABLE, "down"),
+        Some(Fault::TooManyRequests) => return full(StatusCode::TOO_MANY_REQUESTS, "slow down"),
         _ => {}
     }
     let Some((body, content_type)) = route else {
@@ -194,6 +228,13 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
             full(StatusCode::OK, bytes)
         }
         Some(Fault::Truncated) => full(StatusCode::OK, body.slice(..body.len() / 2)),
+        Some(Fault::StallMidBody) => {
+            let half = futures::stream::iter([Ok(Frame::data(body.slice(..body.len() / 2)))]);
+            let chunks = futures::StreamExt::chain(half, futures::stream::pending());
+            let mut r = Response::new(StreamBody::new(chunks).boxed_unsync());
+            r.headers_mut().insert("content-length", body.len().into());
+            r
+        }
         Some(Fault::DropMidBody) => {
             let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
                 Ok(Frame::data(body.slice(..body.len() / 2))),
