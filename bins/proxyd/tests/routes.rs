@@ -67,6 +67,7 @@ async fn made_up_names_leave_no_lock_behind() {
                 url: &url,
                 accept: "application/json",
                 check: proxyd_ecosystem::json_body,
+                headers: None,
             };
             documents.get(&request, false).await.is_err()
         })

@@ -122,6 +122,7 @@ impl CargoRegistry {
             url,
             accept: "*/*",
             check: whole_index_file,
+            headers: None,
         }
     }
 
@@ -163,6 +164,7 @@ impl CargoRegistry {
             url: &url,
             accept: "application/json",
             check: json_body,
+            headers: None,
         };
         let (doc, _) = self.documents.get(&request, false).await?;
         let v: serde_json::Value = serde_json::from_slice(&doc.body)

@@ -59,6 +59,8 @@ pub struct DocumentRequest<'a> {
     pub accept: &'a str,
     /// What makes a body whole.
     pub check: DocumentCheck,
+    /// Further request headers (none for most ecosystems).
+    pub headers: Option<&'a http::HeaderMap>,
 }
 
 impl MetadataCache {
@@ -171,8 +173,10 @@ impl MetadataCache {
         }
         let etag = known.as_ref().and_then(|d| d.etag.as_deref());
         let last_modified = known.as_ref().and_then(|d| d.last_modified.as_deref());
+        let no_headers = http::HeaderMap::new();
+        let extra = request.headers.unwrap_or(&no_headers);
         let result = upstream
-            .document(request.url, request.accept, etag, last_modified)
+            .document_with(request.url, request.accept, extra, etag, last_modified)
             .await
             .and_then(|response| match response {
                 UpstreamResponse::Body { ref body, .. } => match (request.check)(body) {

@@ -551,10 +551,25 @@ impl Upstream {
         etag: Option<&str>,
         last_modified: Option<&str>,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        self.document_with(url, accept, &HeaderMap::new(), etag, last_modified)
+            .await
+    }
+
+    /// [`Upstream::document`] with further request headers the ecosystem sets.
+    pub async fn document_with(
+        &self,
+        url: &str,
+        accept: &str,
+        extra: &HeaderMap,
+        etag: Option<&str>,
+        last_modified: Option<&str>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let ecosystem = self.label;
         metrics::counter!(m::UPSTREAM_REQUESTS_TOTAL, "ecosystem" => ecosystem, "kind" => "metadata")
             .increment(1);
-        let result = self.document_inner(url, accept, etag, last_modified).await;
+        let result = self
+            .document_inner(url, accept, extra, etag, last_modified)
+            .await;
         if result
             .as_ref()
             .is_err_and(|e| !matches!(e, UpstreamError::NotFound(_)))
@@ -569,10 +584,11 @@ impl Upstream {
         &self,
         url: &str,
         accept: &str,
+        extra: &HeaderMap,
         etag: Option<&str>,
         last_modified: Option<&str>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut headers = HeaderMap::new();
+        let mut headers = extra.clone();
         let mut put = |name: HeaderName, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 headers.insert(name, v);
@@ -642,10 +658,17 @@ impl Upstream {
 
     /// Start downloading an artifact; the body streams, bounded by the instance's deadline.
     pub async fn artifact(&self, url: &str) -> Result<UpstreamBody, FetchFailure> {
-        let answer = self
-            .send(url, &HeaderMap::new())
-            .await
-            .map_err(FetchFailure::from)?;
+        self.artifact_with(url, &HeaderMap::new()).await
+    }
+
+    /// [`Upstream::artifact`] with request headers the ecosystem sets (an `Accept` for a
+    /// media type, a protocol version header); credentials are added by URL as always.
+    pub async fn artifact_with(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> Result<UpstreamBody, FetchFailure> {
+        let answer = self.send(url, headers).await.map_err(FetchFailure::from)?;
         let status = answer.response.status().as_u16();
         match status {
             200 => {}
@@ -671,11 +694,16 @@ impl Upstream {
 
     /// The miss path of `spec`: its upstream request starts only if this request leads.
     pub fn fetch(&self, spec: ArtifactSpec) -> Fetch {
+        self.fetch_with(spec, HeaderMap::new())
+    }
+
+    /// [`Upstream::fetch`] with request headers the ecosystem sets.
+    pub fn fetch_with(&self, spec: ArtifactSpec, headers: HeaderMap) -> Fetch {
         let upstream = self.clone();
         let url = spec.upstream_url.clone();
         Fetch {
             spec,
-            source: Box::pin(async move { upstream.artifact(&url).await }),
+            source: Box::pin(async move { upstream.artifact_with(&url, &headers).await }),
         }
     }
 }

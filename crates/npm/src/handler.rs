@@ -116,6 +116,7 @@ impl Npm {
             url: &url,
             accept: variant.accept(),
             check: json_body,
+            headers: None,
         };
         let (doc, freshness) = match self.documents.get(&request, false).await {
             Ok(found) => found,
@@ -151,6 +152,7 @@ impl Npm {
             url: &url,
             accept: variant.accept(),
             check: json_body,
+            headers: None,
         };
         match self
             .documents

@@ -146,6 +146,7 @@ impl PyPi {
             url,
             accept: ACCEPT_UPSTREAM,
             check: whole_page,
+            headers: None,
         }
     }
 
