@@ -220,7 +220,11 @@ async fn serve(
     let shared = SharedContext {
         base_url: settings.base_url.clone(),
         clients,
-        documents: Arc::new(MetadataCache::new(cache.clone(), settings.metadata_ttl)),
+        documents: Arc::new(MetadataCache::new(
+            cache.clone(),
+            settings.metadata_ttl,
+            settings.metadata_cache_size,
+        )),
     };
     let mut instances = Vec::new();
     let mut disabled = Vec::new();

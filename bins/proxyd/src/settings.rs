@@ -34,6 +34,7 @@ pub(crate) struct Settings {
     pub(crate) verify_interval: Duration,
     pub(crate) database_path: PathBuf,
     pub(crate) metadata_ttl: Duration,
+    pub(crate) metadata_cache_size: u64,
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
     /// Every ecosystem instance, enabled or not.
@@ -88,6 +89,7 @@ const SCALAR_KEYS: &[&str] = &[
     "upstream.ca_file",
     "upstream.allowed_hosts",
     "metadata_ttl",
+    "metadata_cache_size",
     "log.level",
     "log.format",
 ];
@@ -437,6 +439,12 @@ pub(crate) fn load(
     );
     let mt_raw = parse("metadata_ttl", &mut problems);
     let metadata_ttl = duration("metadata_ttl", mt_raw, "5m", &mut problems);
+    let metadata_cache_size = parse("metadata_cache_size", &mut problems)
+        .map_or(Ok(256_000_000), |raw| parse_size(&raw))
+        .unwrap_or_else(|e| {
+            problems.push(format!("metadata_cache_size: {e}"));
+            0
+        });
     let log_level = parse("log.level", &mut problems).unwrap_or_else(|| "info".into());
     let log_format = match parse("log.format", &mut problems).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -527,6 +535,7 @@ pub(crate) fn load(
             verify_interval,
             database_path,
             metadata_ttl,
+            metadata_cache_size,
             log_level,
             log_format,
             ecosystems,
@@ -577,6 +586,7 @@ impl Settings {
             ),
             format!("database.path = {}", self.database_path.display()),
             format!("metadata_ttl = {}s", self.metadata_ttl.as_secs()),
+            format!("metadata_cache_size = {} bytes", self.metadata_cache_size),
             format!("log.level = {}", self.log_level),
             format!("log.format = {:?}", self.log_format).to_lowercase(),
         ];

@@ -28,7 +28,8 @@ macro_rules! conformance {
                     digest_mismatch_is_refused, dropped_upstream_aborts_the_client,
                     upstream_failures_give_502_and_504, metadata_cut_short_is_never_kept,
                     served_offline_after_warm_up, bad_paths_reach_nothing,
-                    head_is_never_redirected, range_and_conditionals, metadata_points_at_proxyd);
+                    head_is_never_redirected, range_and_conditionals, metadata_points_at_proxyd,
+                    unknown_names_reach_upstream_once);
             }
             mod s3 {
                 use super::*;
@@ -37,7 +38,8 @@ macro_rules! conformance {
                     digest_mismatch_is_refused, dropped_upstream_aborts_the_client,
                     upstream_failures_give_502_and_504, metadata_cut_short_is_never_kept,
                     served_offline_after_warm_up, bad_paths_reach_nothing,
-                    head_is_never_redirected, range_and_conditionals, metadata_points_at_proxyd);
+                    head_is_never_redirected, range_and_conditionals, metadata_points_at_proxyd,
+                    unknown_names_reach_upstream_once);
             }
         }
     };

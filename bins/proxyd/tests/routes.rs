@@ -1,7 +1,8 @@
 //! Routing is a pure function from method and path to an operation or a refusal: table-tested
 //! here for every ecosystem, and run over 20,000 generated hostile paths each, with no network.
-//! Every accepted artifact maps to a storage key under the instance's prefix. Also: names
-//! clients make up leave no per-name lock behind in the metadata documents.
+//! Every accepted artifact maps to a storage key under the instance's prefix. Also the metadata
+//! documents' bounds: names clients make up leave no per-name lock behind, memory stays within
+//! `metadata_cache_size`, and what upstream does not have is asked for once per TTL.
 
 use std::sync::Arc;
 
@@ -13,12 +14,14 @@ use proxyd_ecosystem::{
 };
 
 async fn context(instance: &'static str, dir: &std::path::Path) -> EcosystemContext {
-    context_and_store(instance, dir).await.0
+    context_and_store(instance, dir, None, 16_000_000).await.0
 }
 
 async fn context_and_store(
     instance: &'static str,
     dir: &std::path::Path,
+    upstream: Option<proxyd_ecosystem::Url>,
+    metadata_bytes: u64,
 ) -> (EcosystemContext, Arc<MetadataCache>) {
     let storage = proxyd_storage::open(
         &format!("file://{}", dir.join("a").display()),
@@ -36,10 +39,11 @@ async fn context_and_store(
         retries: 0,
         ..UpstreamLimits::default()
     };
-    let upstream = clients.for_instance(instance, None, limits);
+    let upstream = clients.for_instance(instance, upstream, limits);
     let store = Arc::new(MetadataCache::new(
         cache,
         std::time::Duration::from_secs(60),
+        metadata_bytes,
     ));
     let context = EcosystemContext {
         instance,
@@ -55,7 +59,7 @@ async fn context_and_store(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_names_leave_no_lock_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let (context, store) = context_and_store("npm", dir.path()).await;
+    let (context, store) = context_and_store("npm", dir.path(), None, 16_000_000).await;
     // Nothing listens on port 9 of 127.0.0.1: every lookup fails at once.
     let lookups = (0..2_000).map(|n| {
         let documents = context.documents.clone();
@@ -315,4 +319,86 @@ async fn cargo_routes() {
         CargoOp::Download { key, .. } => Some(key),
         _ => None,
     });
+}
+
+fn doc_request<'a>(key: &'a str, url: &'a str) -> proxyd_ecosystem::DocumentRequest<'a> {
+    proxyd_ecosystem::DocumentRequest {
+        key,
+        url,
+        accept: "application/json",
+        check: proxyd_ecosystem::json_body,
+        headers: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_memory_stays_within_its_size() {
+    let server = proxyd_testkit::static_server::StaticServer::start().await;
+    let body = serde_json::json!({ "padding": "x".repeat(50_000) }).to_string();
+    for n in 0..200 {
+        server.put(&format!("/doc-{n}"), body.clone(), "application/json");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let origin = proxyd_ecosystem::Url::parse(&server.url()).unwrap();
+    let (context, store) = context_and_store("npm", dir.path(), Some(origin), 2_000_000).await;
+    for n in 0..200 {
+        let (key, url) = (format!("doc-{n}"), format!("{}/doc-{n}", server.url()));
+        let (doc, freshness) = context
+            .documents
+            .get(&doc_request(&key, &url), false)
+            .await
+            .unwrap();
+        let reply = context.documents.reply(&key, "", &doc, freshness, |doc| {
+            Ok(proxyd_ecosystem::DocumentReply::new(
+                proxyd_ecosystem::http::HeaderValue::from_static("application/json"),
+                doc.body.clone(),
+                60,
+            ))
+        });
+        assert!(matches!(reply, proxyd_ecosystem::Reply::Document(_)));
+    }
+    let memory = store.memory();
+    assert!(memory.bytes <= 2_000_000, "{memory:?}");
+    assert!(memory.documents < 200 && memory.documents > 0, "{memory:?}");
+    // A document that left memory comes back from the index, without asking upstream.
+    let url = format!("{}/doc-0", server.url());
+    let (doc, _) = context
+        .documents
+        .get(&doc_request("doc-0", &url), false)
+        .await
+        .unwrap();
+    assert_eq!(doc.body.len(), body.len());
+    assert_eq!(server.hits("/doc-0"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_upstream_lacks_is_asked_once_per_ttl() {
+    let server = proxyd_testkit::static_server::StaticServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = proxyd_ecosystem::Url::parse(&server.url()).unwrap();
+    let (context, store) = context_and_store("npm", dir.path(), Some(origin), 2_000_000).await;
+    let url = format!("{}/nope", server.url());
+    let lookups = (0..50).map(|_| {
+        let (documents, url) = (context.documents.clone(), url.clone());
+        tokio::spawn(async move {
+            documents
+                .get(&doc_request("nope", &url), false)
+                .await
+                .is_err()
+        })
+    });
+    for failed in futures::future::join_all(lookups).await {
+        assert!(failed.unwrap());
+    }
+    for _ in 0..10 {
+        assert!(
+            context
+                .documents
+                .get(&doc_request("nope", &url), false)
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(server.hits("/nope"), 1);
+    assert_eq!(store.memory().missing, 1);
 }

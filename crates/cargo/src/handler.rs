@@ -5,8 +5,8 @@ use proxyd_ecosystem::serde::Deserialize;
 use proxyd_ecosystem::{
     ArtifactSpec, Bytes, Document, DocumentReply, DocumentRequest, Documents, Ecosystem,
     EcosystemContext, EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure,
-    Freshness, ObjectKey, Refusal, RenderCache, Reply, StoredReply, Upstream, Url, json_body,
-    read_only, serde_json, settings,
+    Freshness, ObjectKey, Refusal, Reply, StoredReply, Upstream, Url, json_body, read_only,
+    serde_json, settings,
 };
 
 use crate::index::{download_url, find_version, index_path, valid_name, valid_version};
@@ -60,7 +60,6 @@ impl EcosystemKind for CargoKind {
                 body,
                 300,
             ),
-            rendered: RenderCache::default(),
         })
     }
 }
@@ -93,7 +92,6 @@ pub struct CargoRegistry {
     client: Upstream,
     documents: Documents,
     config_json: DocumentReply,
-    rendered: RenderCache<String>,
 }
 
 /// What a Cargo request asks for.
@@ -144,16 +142,16 @@ impl CargoRegistry {
             Ok(found) => found,
             Err(f) => return f.into(),
         };
-        self.rendered
-            .reply(name.to_ascii_lowercase(), &doc, freshness, |doc| {
-                let mut reply = DocumentReply::new(
-                    HeaderValue::from_static(INDEX_CONTENT_TYPE),
-                    doc.body.clone(),
-                    0,
-                );
-                reply.last_modified = doc.last_modified.clone();
-                Ok(reply)
-            })
+        let key = format!("index/{}", index_path(name));
+        self.documents.reply(&key, "", &doc, freshness, |doc| {
+            let mut reply = DocumentReply::new(
+                HeaderValue::from_static(INDEX_CONTENT_TYPE),
+                doc.body.clone(),
+                0,
+            );
+            reply.last_modified = doc.last_modified.clone();
+            Ok(reply)
+        })
     }
 
     /// The upstream `dl` template.
@@ -185,7 +183,7 @@ impl CargoRegistry {
         let (doc_key, url) = (format!("index/{path}"), format!("{}/{path}", self.upstream));
         let found = self
             .documents
-            .find(&self.index_request(&doc_key, &url), |doc| {
+            .find(&self.index_request(&doc_key, &url), &version, |doc| {
                 Ok(find_version(&doc.body, &version))
             })
             .await?;

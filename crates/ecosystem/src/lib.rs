@@ -5,7 +5,6 @@ mod egress;
 mod kind;
 mod metadata;
 pub mod names;
-mod render;
 mod reply;
 pub mod settings;
 mod upstream;
@@ -16,9 +15,9 @@ pub use kind::{
     Registry, SharedContext, env_name,
 };
 pub use metadata::{
-    DocumentCheck, DocumentRequest, Documents, Freshness, MetadataCache, any_body, json_body,
+    DocumentCheck, DocumentRequest, Documents, Freshness, MetadataCache, MetadataMemory, any_body,
+    json_body,
 };
-pub use render::RenderCache;
 pub use reply::{
     DocumentReply, Fetch, FreshnessRule, Refusal, RefusalKind, Reply, ResolveFuture, Resolver,
     SourceFuture, StoredReply,

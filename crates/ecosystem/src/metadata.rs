@@ -8,7 +8,20 @@ use std::time::{Duration, SystemTime};
 
 use proxyd_cache::{Cache, Document, FetchFailure};
 
-use crate::{Upstream, UpstreamError, UpstreamResponse};
+use crate::{DocumentReply, Refusal, Reply, Upstream, UpstreamError, UpstreamResponse};
+
+/// Memory for negative entries (names and files the upstream does not have), by key length:
+/// a bound on what clients that make up names can cost.
+const MISSING_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What one kept entry costs beyond its bytes (key, allocation, the cache's own bookkeeping).
+const ENTRY_OVERHEAD: usize = 256;
+
+fn weight(bytes: usize) -> u32 {
+    u32::try_from(bytes.saturating_add(ENTRY_OVERHEAD)).unwrap_or(u32::MAX)
+}
+
+type Rendered = Arc<(Arc<Document>, DocumentReply)>;
 
 /// How a document was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +52,41 @@ pub fn json_body(body: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("not valid JSON ({e})"))
 }
 
-/// The documents of every instance, keyed `{instance}/{key}`.
-#[derive(Debug)]
+/// The documents of every instance, keyed `{instance}/{key}`: upstream bodies and the replies
+/// rendered from them in memory, bounded by bytes (least recently used leave first; the bodies
+/// stay in the index and come back from there), and negative entries for what the upstream
+/// does not have, kept for the TTL.
 pub struct MetadataCache {
     cache: Arc<Cache>,
     ttl: Duration,
-    memory: Mutex<HashMap<String, Arc<Document>>>,
+    memory: moka::sync::Cache<String, Arc<Document>>,
+    rendered: moka::sync::Cache<String, Rendered>,
+    missing: moka::sync::Cache<String, ()>,
     refreshing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for MetadataCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataCache")
+            .field("ttl", &self.ttl)
+            .field("documents", &self.memory.entry_count())
+            .field("rendered", &self.rendered.entry_count())
+            .field("missing", &self.missing.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the metadata cache holds in memory now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataMemory {
+    /// Upstream bodies.
+    pub documents: u64,
+    /// Rendered replies.
+    pub rendered: u64,
+    /// Negative entries.
+    pub missing: u64,
+    /// Bytes weighed, bodies and replies together.
+    pub bytes: u64,
 }
 
 /// One document to get.
@@ -64,29 +105,51 @@ pub struct DocumentRequest<'a> {
 }
 
 impl MetadataCache {
-    /// Documents kept fresh for `ttl`.
-    pub fn new(cache: Arc<Cache>, ttl: Duration) -> Self {
+    /// Documents kept fresh for `ttl`, with at most `max_bytes` of bodies and rendered replies
+    /// in memory (`metadata_cache_size`; half for each).
+    pub fn new(cache: Arc<Cache>, ttl: Duration, max_bytes: u64) -> Self {
+        let half = (max_bytes / 2).max(1);
         Self {
             cache,
             ttl,
-            memory: Mutex::new(HashMap::new()),
+            memory: moka::sync::Cache::builder()
+                .max_capacity(half)
+                .weigher(|key: &String, doc: &Arc<Document>| weight(key.len() + doc.body.len()))
+                .build(),
+            rendered: moka::sync::Cache::builder()
+                .max_capacity(half)
+                .weigher(|key: &String, r: &Rendered| {
+                    weight(key.len() + r.0.body.len() + r.1.body.len())
+                })
+                .build(),
+            missing: moka::sync::Cache::builder()
+                .max_capacity(MISSING_BYTES)
+                .weigher(|key: &String, (): &()| weight(key.len()))
+                .time_to_live(ttl)
+                .build(),
             refreshing: Mutex::new(HashMap::new()),
         }
     }
 
+    /// What is held in memory now (after pending evictions are applied).
+    pub fn memory(&self) -> MetadataMemory {
+        self.memory.run_pending_tasks();
+        self.rendered.run_pending_tasks();
+        self.missing.run_pending_tasks();
+        MetadataMemory {
+            documents: self.memory.entry_count(),
+            rendered: self.rendered.entry_count(),
+            missing: self.missing.entry_count(),
+            bytes: self.memory.weighted_size() + self.rendered.weighted_size(),
+        }
+    }
+
     fn remembered(&self, key: &str) -> Option<Arc<Document>> {
-        self.memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
+        self.memory.get(key)
     }
 
     fn remember(&self, key: &str, doc: Arc<Document>) {
-        self.memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned(), doc);
+        self.memory.insert(key.to_owned(), doc);
     }
 
     fn is_fresh(&self, doc: &Document) -> bool {
@@ -147,11 +210,26 @@ impl MetadataCache {
         {
             return Ok((doc, Freshness::Fresh));
         }
+        if self.missing.contains_key(key) {
+            return Err(UpstreamError::NotFound(
+                crate::upstream::loggable(request.url).to_owned(),
+            ));
+        }
         let lock = self.refresh_lock(key);
         let result = {
             let _one_refresh = lock.lock().await;
-            self.refresh(upstream, key, request, force).await
+            if self.missing.contains_key(key) {
+                // The request this one waited for found nothing.
+                Err(UpstreamError::NotFound(
+                    crate::upstream::loggable(request.url).to_owned(),
+                ))
+            } else {
+                self.refresh(upstream, key, request, force).await
+            }
         };
+        if matches!(result, Err(UpstreamError::NotFound(_))) {
+            self.missing.insert(key.to_owned(), ());
+        }
         self.release_refresh_lock(key, &lock);
         result
     }
@@ -291,12 +369,21 @@ impl Documents {
     }
 
     /// What `find` finds in the document, looking once more upstream when the kept copy does
-    /// not have it (a version published after it was fetched). `None` when neither has it.
+    /// not have it (a version published after it was fetched). `None` when neither has it;
+    /// then `thing` (a file name, a version) is remembered as missing for the TTL, so asking
+    /// again costs no upstream request.
     pub async fn find<T>(
         &self,
         request: &DocumentRequest<'_>,
+        thing: &str,
         mut find: impl FnMut(&crate::Document) -> Result<Option<T>, String>,
     ) -> Result<Option<T>, FetchFailure> {
+        let missing_key = format!("{}\u{0}{thing}", self.full_key(request.key));
+        if self.store.missing.contains_key(&missing_key) {
+            // Known to be missing: look in the kept copy only, never forcing a refresh.
+            let (doc, _) = self.get(request, false).await?;
+            return find(&doc).map_err(FetchFailure::upstream);
+        }
         for force in [false, true] {
             let (doc, freshness) = self.get(request, force).await?;
             if let Some(found) = find(&doc).map_err(FetchFailure::upstream)? {
@@ -306,6 +393,43 @@ impl Documents {
                 break;
             }
         }
+        self.store.missing.insert(missing_key, ());
         Ok(None)
+    }
+
+    /// The reply rendered from `doc` for `key` and `variant` (a format, an `Accept` choice),
+    /// rendered only when `doc` is not the document the kept reply came from; marked stale when
+    /// `freshness` says the upstream failed, a 502 when rendering fails.
+    pub fn reply(
+        &self,
+        key: &str,
+        variant: &str,
+        doc: &Arc<Document>,
+        freshness: Freshness,
+        render: impl FnOnce(&Document) -> Result<DocumentReply, String>,
+    ) -> Reply {
+        let mut full = self.full_key(key);
+        full.push('\u{0}');
+        full.push_str(variant);
+        let kept = self
+            .store
+            .rendered
+            .get(&full)
+            .filter(|r| Arc::ptr_eq(&r.0, doc) || r.0.body == doc.body);
+        let reply = match kept {
+            Some(r) => r.1.clone(),
+            None => match render(doc) {
+                Ok(reply) => {
+                    self.store
+                        .rendered
+                        .insert(full, Arc::new((doc.clone(), reply.clone())));
+                    reply
+                }
+                Err(err) => return Reply::Error(Refusal::upstream(err)),
+            },
+        };
+        let mut reply = reply;
+        reply.stale = freshness == Freshness::Stale;
+        Reply::Document(reply)
     }
 }

@@ -5,8 +5,8 @@ use proxyd_ecosystem::names::{decode_slashes_only, is_safe_file_name};
 use proxyd_ecosystem::serde::Deserialize;
 use proxyd_ecosystem::{
     ArtifactSpec, Bytes, DocumentReply, DocumentRequest, Documents, Ecosystem, EcosystemContext,
-    EcosystemKind, EcosystemRequest, Fetch, FetchFailure, ObjectKey, Refusal, RenderCache, Reply,
-    StoredReply, Upstream, Url, json_body, read_only, settings,
+    EcosystemKind, EcosystemRequest, Fetch, FetchFailure, ObjectKey, Refusal, Reply, StoredReply,
+    Upstream, Url, json_body, read_only, settings,
 };
 
 use crate::name::{upstream_path, validate};
@@ -45,7 +45,6 @@ impl EcosystemKind for NpmKind {
             mount_url: context.mount_url,
             client: context.upstream,
             documents: context.documents,
-            rendered: RenderCache::default(),
         })
     }
 }
@@ -58,7 +57,6 @@ pub struct Npm {
     mount_url: String,
     client: Upstream,
     documents: Documents,
-    rendered: RenderCache<String>,
 }
 
 /// What an npm request asks for.
@@ -122,7 +120,7 @@ impl Npm {
             Ok(found) => found,
             Err(err) => return FetchFailure::from(&err).into(),
         };
-        self.rendered.reply(key, &doc, freshness, |doc| {
+        self.documents.reply(&key, "", &doc, freshness, |doc| {
             let body = Bytes::from(rewrite_packument(&doc.body, name, &self.mount_url)?);
             Ok(DocumentReply::new(variant.content_type(), body, 60).varies_by_accept())
         })
@@ -156,7 +154,7 @@ impl Npm {
         };
         match self
             .documents
-            .find(&request, |doc| find_tarball(&doc.body, &file))
+            .find(&request, &file, |doc| find_tarball(&doc.body, &file))
             .await?
         {
             Some(info) => self.fetch(info, name, file, key),

@@ -6,8 +6,7 @@ use proxyd_ecosystem::serde::Deserialize;
 use proxyd_ecosystem::{
     ArtifactSpec, Bytes, Document, DocumentReply, DocumentRequest, Documents, Ecosystem,
     EcosystemContext, EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure,
-    ObjectKey, Refusal, RefusalKind, RenderCache, Reply, StoredReply, Upstream, Url, read_only,
-    settings,
+    ObjectKey, Refusal, RefusalKind, Reply, StoredReply, Upstream, Url, read_only, settings,
 };
 
 use crate::name::{is_valid, normalize};
@@ -45,7 +44,6 @@ impl EcosystemKind for PyPiKind {
             mount_url: context.mount_url,
             client: context.upstream,
             documents: context.documents,
-            rendered: RenderCache::default(),
         })
     }
 }
@@ -120,7 +118,6 @@ pub struct PyPi {
     mount_url: String,
     client: Upstream,
     documents: Documents,
-    rendered: RenderCache<(String, Format)>,
 }
 
 /// What a PyPI request asks for.
@@ -176,20 +173,23 @@ impl PyPi {
             Ok(found) => found,
             Err(err) => return FetchFailure::from(&err).into(),
         };
-        self.rendered
-            .reply((project.to_owned(), format), &doc, freshness, |doc| {
-                let page = self.parse(project, doc)?;
-                let (content_type, body) = match format {
-                    Format::Json => (JSON, render_json(&page, project, &self.mount_url)),
-                    Format::Html(ct) => (ct, render_html(&page, project, &self.mount_url)),
-                };
-                let reply = DocumentReply::new(
-                    HeaderValue::from_static(content_type),
-                    Bytes::from(body),
-                    60,
-                );
-                Ok(reply.varies_by_accept())
-            })
+        let variant = match format {
+            Format::Json => JSON,
+            Format::Html(ct) => ct,
+        };
+        self.documents.reply(&key, variant, &doc, freshness, |doc| {
+            let page = self.parse(project, doc)?;
+            let (content_type, body) = match format {
+                Format::Json => (JSON, render_json(&page, project, &self.mount_url)),
+                Format::Html(ct) => (ct, render_html(&page, project, &self.mount_url)),
+            };
+            let reply = DocumentReply::new(
+                HeaderValue::from_static(content_type),
+                Bytes::from(body),
+                60,
+            );
+            Ok(reply.varies_by_accept())
+        })
     }
 
     /// Where upstream has the file of `key` (or its PEP 658 metadata), from the upstream's own
@@ -209,7 +209,7 @@ impl PyPi {
         let (doc_key, url) = (format!("simple/{project}"), self.page_url(&project));
         let found = self
             .documents
-            .find(&self.page_request(&doc_key, &url), |doc| {
+            .find(&self.page_request(&doc_key, &url), &dist, |doc| {
                 Ok(self.parse(&project, doc)?.file(&dist).cloned())
             })
             .await?;

@@ -61,6 +61,10 @@ pub struct Fixture {
     pub links: (String, String),
     /// Paths proxyd must refuse with 4xx without asking upstream.
     pub bad_paths: Vec<String>,
+    /// Metadata of a package upstream does not have, on proxyd and upstream.
+    pub unknown: (String, String),
+    /// An artifact of the package that upstream does not have.
+    pub unknown_artifact: String,
     upstream: Upstream,
 }
 
@@ -93,6 +97,8 @@ impl Fixture {
                         "/npm/@a/b/c".into(),
                         "/npm/.hidden".into(),
                     ],
+                    unknown: ("/npm/no-such-pkg".into(), "/no-such-pkg".into()),
+                    unknown_artifact: "/npm/conformance-pkg/-/conformance-pkg-9.9.9.tgz".into(),
                     upstream: Upstream::Npm(registry),
                 }
             }
@@ -126,6 +132,12 @@ impl Fixture {
                         "/pypi/packages/conformance-pkg/.x.whl".into(),
                         "/pypi/simple/a/b/".into(),
                     ],
+                    unknown: (
+                        "/pypi/simple/no-such-pkg/".into(),
+                        "/simple/no-such-pkg/".into(),
+                    ),
+                    unknown_artifact:
+                        "/pypi/packages/conformance-pkg/conformance_pkg-9.9-py3-none-any.whl".into(),
                     upstream: Upstream::PyPi(registry),
                 }
             }
@@ -154,6 +166,11 @@ impl Fixture {
                         "/cargo/crates/-x/1.0.0/download".into(),
                         "/cargo/co/nf/other-name".into(),
                     ],
+                    unknown: (
+                        "/cargo/no/-s/no-such-pkg".into(),
+                        "/index/no/-s/no-such-pkg".into(),
+                    ),
+                    unknown_artifact: "/cargo/crates/conformance-pkg/9.9.9/download".into(),
                     upstream: Upstream::Cargo(registry),
                 }
             }
@@ -589,4 +606,34 @@ pub async fn metadata_points_at_proxyd(bin: &str, kind: Kind, storage: Storage) 
         .await
         .unwrap();
     assert_eq!(again.status(), 304);
+}
+
+/// What the upstream does not have is asked for at most once per metadata TTL, however many
+/// clients ask: an unknown package, and an unknown file of a known one.
+pub async fn unknown_names_reach_upstream_once(bin: &str, kind: Kind, storage: Storage) {
+    let f = Fixture::start(kind, 1_000).await;
+    let run = start_proxyd(bin, &f, storage, "");
+    let c = client();
+    let (path, upstream_path) = &f.unknown;
+    for _ in 0..5 {
+        let resp = c
+            .get(format!("{}{path}", run.proxyd.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+    }
+    assert_eq!(f.server().hits(upstream_path), 1, "asked once for {path}");
+    for _ in 0..5 {
+        let resp = c
+            .get(format!("{}{}", run.proxyd.url(), f.unknown_artifact))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+    }
+    // The metadata once (just fetched, so not fetched again for the missing file); then the
+    // file is remembered as missing.
+    assert_eq!(f.server().hits(&f.metadata_upstream_path), 1);
+    assert_eq!(f.server().hits(&f.artifact_upstream_path), 0);
 }
