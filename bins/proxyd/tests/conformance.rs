@@ -17,29 +17,30 @@ macro_rules! checks {
     };
 }
 
+/// Every check of the suite, for one ecosystem on one storage.
+macro_rules! all_checks {
+    ($kind:expr, $storage:expr) => {
+        checks!($kind, $storage;
+            miss_then_hit, fifty_concurrent_misses_make_one_fetch,
+            digest_mismatch_is_refused, dropped_upstream_aborts_the_client,
+            upstream_failures_give_502_and_504, metadata_cut_short_is_never_kept,
+            served_offline_after_warm_up, bad_paths_reach_nothing,
+            head_is_never_redirected, range_and_conditionals, metadata_points_at_proxyd,
+            unknown_names_reach_upstream_once);
+    };
+}
+
 macro_rules! conformance {
     ($name:ident, $kind:expr) => {
         mod $name {
             use super::*;
             mod fs {
                 use super::*;
-                checks!($kind, Storage::Fs;
-                    miss_then_hit, fifty_concurrent_misses_make_one_fetch,
-                    digest_mismatch_is_refused, dropped_upstream_aborts_the_client,
-                    upstream_failures_give_502_and_504, metadata_cut_short_is_never_kept,
-                    served_offline_after_warm_up, bad_paths_reach_nothing,
-                    head_is_never_redirected, range_and_conditionals, metadata_points_at_proxyd,
-                    unknown_names_reach_upstream_once);
+                all_checks!($kind, Storage::Fs);
             }
             mod s3 {
                 use super::*;
-                checks!($kind, Storage::S3;
-                    miss_then_hit, fifty_concurrent_misses_make_one_fetch,
-                    digest_mismatch_is_refused, dropped_upstream_aborts_the_client,
-                    upstream_failures_give_502_and_504, metadata_cut_short_is_never_kept,
-                    served_offline_after_warm_up, bad_paths_reach_nothing,
-                    head_is_never_redirected, range_and_conditionals, metadata_points_at_proxyd,
-                    unknown_names_reach_upstream_once);
+                all_checks!($kind, Storage::S3);
             }
         }
     };

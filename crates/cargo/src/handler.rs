@@ -3,10 +3,9 @@ use std::sync::Arc;
 use proxyd_ecosystem::http::{HeaderValue, Method};
 use proxyd_ecosystem::serde::Deserialize;
 use proxyd_ecosystem::{
-    ArtifactSpec, Bytes, Document, DocumentReply, DocumentRequest, Documents, Ecosystem,
-    EcosystemContext, EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure,
-    Freshness, ObjectKey, Refusal, Reply, StoredReply, Upstream, Url, json_body, read_only,
-    serde_json, settings,
+    ArtifactSpec, Bytes, Document, DocumentReply, DocumentRequest, Ecosystem, EcosystemContext,
+    EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure, Freshness, ObjectKey,
+    Refusal, Reply, StoredReply, Url, json_body, read_only, serde_json, settings,
 };
 
 use crate::index::{download_url, find_version, index_path, valid_name, valid_version};
@@ -52,14 +51,12 @@ impl EcosystemKind for CargoKind {
         );
         Ok(CargoRegistry {
             upstream: sparse_root(&config.upstream).to_owned(),
-            prefix: context.instance,
-            client: context.upstream,
-            documents: context.documents,
             config_json: DocumentReply::new(
                 HeaderValue::from_static("application/json"),
                 body,
                 300,
             ),
+            context,
         })
     }
 }
@@ -88,9 +85,7 @@ fn whole_index_file(body: &[u8]) -> Result<(), String> {
 #[derive(Debug)]
 pub struct CargoRegistry {
     upstream: String,
-    prefix: &'static str,
-    client: Upstream,
-    documents: Documents,
+    context: EcosystemContext,
     config_json: DocumentReply,
 }
 
@@ -131,7 +126,8 @@ impl CargoRegistry {
     ) -> Result<(Arc<Document>, Freshness), FetchFailure> {
         let path = index_path(name);
         let (key, url) = (format!("index/{path}"), format!("{}/{path}", self.upstream));
-        self.documents
+        self.context
+            .documents
             .get(&self.index_request(&key, &url), force)
             .await
             .map_err(FetchFailure::from)
@@ -143,15 +139,17 @@ impl CargoRegistry {
             Err(f) => return f.into(),
         };
         let key = format!("index/{}", index_path(name));
-        self.documents.reply(&key, "", &doc, freshness, |doc| {
-            let mut reply = DocumentReply::new(
-                HeaderValue::from_static(INDEX_CONTENT_TYPE),
-                doc.body.clone(),
-                0,
-            );
-            reply.last_modified = doc.last_modified.clone();
-            Ok(reply)
-        })
+        self.context
+            .documents
+            .reply(&key, "", &doc, freshness, |doc| {
+                let mut reply = DocumentReply::new(
+                    HeaderValue::from_static(INDEX_CONTENT_TYPE),
+                    doc.body.clone(),
+                    0,
+                );
+                reply.last_modified = doc.last_modified.clone();
+                Ok(reply)
+            })
     }
 
     /// The upstream `dl` template.
@@ -164,7 +162,7 @@ impl CargoRegistry {
             check: json_body,
             headers: None,
         };
-        let (doc, _) = self.documents.get(&request, false).await?;
+        let (doc, _) = self.context.documents.get(&request, false).await?;
         let v: serde_json::Value = serde_json::from_slice(&doc.body)
             .map_err(|e| FetchFailure::upstream(format!("upstream config.json: {e}")))?;
         v.get("dl")
@@ -182,6 +180,7 @@ impl CargoRegistry {
         let path = index_path(&name);
         let (doc_key, url) = (format!("index/{path}"), format!("{}/{path}", self.upstream));
         let found = self
+            .context
             .documents
             .find(&self.index_request(&doc_key, &url), &version, |doc| {
                 Ok(find_version(&doc.body, &version))
@@ -196,9 +195,9 @@ impl CargoRegistry {
             .ok_or_else(|| FetchFailure::upstream("upstream index line has a malformed cksum"))?;
         let dl = self.dl_template().await?;
         let url = download_url(&dl, &entry.name, &version, &entry.cksum);
-        Ok(self.client.fetch(ArtifactSpec {
+        Ok(self.context.upstream.fetch(ArtifactSpec {
             key,
-            ecosystem: self.prefix,
+            ecosystem: self.context.instance,
             filename: format!("{}-{version}.crate", entry.name),
             name: entry.name,
             version,
@@ -231,8 +230,11 @@ impl Ecosystem for CargoRegistry {
                 )));
             }
             let lower = name.to_ascii_lowercase();
-            let key = ObjectKey::new(format!("{}/{lower}/{lower}-{version}.crate", self.prefix))
-                .map_err(|e| Refusal::bad_request(e.message().to_owned()))?;
+            let key = ObjectKey::new(format!(
+                "{}/{lower}/{lower}-{version}.crate",
+                self.context.instance
+            ))
+            .map_err(|e| Refusal::bad_request(e.message().to_owned()))?;
             return Ok(CargoOp::Download {
                 key,
                 name: (*name).to_owned(),

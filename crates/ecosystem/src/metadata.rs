@@ -210,19 +210,17 @@ impl MetadataCache {
         {
             return Ok((doc, Freshness::Fresh));
         }
+        let known_missing =
+            || UpstreamError::NotFound(crate::upstream::loggable(request.url).to_owned());
         if self.missing.contains_key(key) {
-            return Err(UpstreamError::NotFound(
-                crate::upstream::loggable(request.url).to_owned(),
-            ));
+            return Err(known_missing());
         }
         let lock = self.refresh_lock(key);
         let result = {
             let _one_refresh = lock.lock().await;
             if self.missing.contains_key(key) {
                 // The request this one waited for found nothing.
-                Err(UpstreamError::NotFound(
-                    crate::upstream::loggable(request.url).to_owned(),
-                ))
+                Err(known_missing())
             } else {
                 self.refresh(upstream, key, request, force).await
             }

@@ -4,9 +4,9 @@ use proxyd_ecosystem::http::{HeaderValue, Method, header};
 use proxyd_ecosystem::names::{decode_slashes_only, is_safe_file_name};
 use proxyd_ecosystem::serde::Deserialize;
 use proxyd_ecosystem::{
-    ArtifactSpec, Bytes, DocumentReply, DocumentRequest, Documents, Ecosystem, EcosystemContext,
+    ArtifactSpec, Bytes, DocumentReply, DocumentRequest, Ecosystem, EcosystemContext,
     EcosystemKind, EcosystemRequest, Fetch, FetchFailure, ObjectKey, Refusal, Reply, StoredReply,
-    Upstream, Url, json_body, read_only, settings,
+    Url, json_body, read_only, settings,
 };
 
 use crate::name::{upstream_path, validate};
@@ -41,10 +41,7 @@ impl EcosystemKind for NpmKind {
     fn build(config: NpmConfig, context: EcosystemContext) -> Result<Npm, String> {
         Ok(Npm {
             upstream: config.upstream.trim_end_matches('/').to_owned(),
-            prefix: context.instance,
-            mount_url: context.mount_url,
-            client: context.upstream,
-            documents: context.documents,
+            context,
         })
     }
 }
@@ -53,10 +50,7 @@ impl EcosystemKind for NpmKind {
 #[derive(Debug)]
 pub struct Npm {
     upstream: String,
-    prefix: &'static str,
-    mount_url: String,
-    client: Upstream,
-    documents: Documents,
+    context: EcosystemContext,
 }
 
 /// What an npm request asks for.
@@ -116,28 +110,31 @@ impl Npm {
             check: json_body,
             headers: None,
         };
-        let (doc, freshness) = match self.documents.get(&request, false).await {
+        let (doc, freshness) = match self.context.documents.get(&request, false).await {
             Ok(found) => found,
             Err(err) => return FetchFailure::from(&err).into(),
         };
-        self.documents.reply(&key, "", &doc, freshness, |doc| {
-            let body = Bytes::from(rewrite_packument(&doc.body, name, &self.mount_url)?);
-            Ok(DocumentReply::new(variant.content_type(), body, 60).varies_by_accept())
-        })
+        self.context
+            .documents
+            .reply(&key, "", &doc, freshness, |doc| {
+                let body =
+                    Bytes::from(rewrite_packument(&doc.body, name, &self.context.mount_url)?);
+                Ok(DocumentReply::new(variant.content_type(), body, 60).varies_by_accept())
+            })
     }
 
     /// Where upstream has `file` of `name`, from the upstream's own packument.
     async fn resolve(self: Arc<Self>, key: ObjectKey) -> Result<Fetch, FetchFailure> {
         let (name, file) = key
             .as_str()
-            .strip_prefix(self.prefix)
+            .strip_prefix(self.context.instance)
             .and_then(|rest| rest.strip_prefix('/'))
             .and_then(split_tarball_path)
             .map(|(n, f)| (n.to_owned(), f.to_owned()))
             .unwrap_or_default();
         // Whichever packument is fresh in memory serves, full or abbreviated.
         for variant in [Variant::Abbreviated, Variant::Full] {
-            if let Some(doc) = self.documents.fresh(&variant.doc_key(&name))
+            if let Some(doc) = self.context.documents.fresh(&variant.doc_key(&name))
                 && let Ok(Some(info)) = find_tarball(&doc.body, &file)
             {
                 return self.fetch(info, name, file, key);
@@ -153,6 +150,7 @@ impl Npm {
             headers: None,
         };
         match self
+            .context
             .documents
             .find(&request, &file, |doc| find_tarball(&doc.body, &file))
             .await?
@@ -171,9 +169,9 @@ impl Npm {
         file: String,
         key: ObjectKey,
     ) -> Result<Fetch, FetchFailure> {
-        Ok(self.client.fetch(ArtifactSpec {
+        Ok(self.context.upstream.fetch(ArtifactSpec {
             key,
-            ecosystem: self.prefix,
+            ecosystem: self.context.instance,
             name,
             version: info.version,
             filename: file,
@@ -198,8 +196,9 @@ impl Ecosystem for Npm {
                     "{file:?} is not an npm tarball file name"
                 )));
             }
-            let mut key = String::with_capacity(self.prefix.len() + 5 + name.len() + file.len());
-            for part in [self.prefix, "/", name, "/-/", file] {
+            let mut key =
+                String::with_capacity(self.context.instance.len() + 5 + name.len() + file.len());
+            for part in [self.context.instance, "/", name, "/-/", file] {
                 key.push_str(part);
             }
             return ObjectKey::new(key)

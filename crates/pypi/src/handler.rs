@@ -4,9 +4,9 @@ use proxyd_ecosystem::http::{HeaderValue, Method, header};
 use proxyd_ecosystem::names::is_safe_file_name;
 use proxyd_ecosystem::serde::Deserialize;
 use proxyd_ecosystem::{
-    ArtifactSpec, Bytes, Document, DocumentReply, DocumentRequest, Documents, Ecosystem,
-    EcosystemContext, EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure,
-    ObjectKey, Refusal, RefusalKind, Reply, StoredReply, Upstream, Url, read_only, settings,
+    ArtifactSpec, Bytes, Document, DocumentReply, DocumentRequest, Ecosystem, EcosystemContext,
+    EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure, ObjectKey, Refusal,
+    RefusalKind, Reply, StoredReply, Url, read_only, settings,
 };
 
 use crate::name::{is_valid, normalize};
@@ -40,10 +40,7 @@ impl EcosystemKind for PyPiKind {
     fn build(config: PyPiConfig, context: EcosystemContext) -> Result<PyPi, String> {
         Ok(PyPi {
             upstream: config.upstream.trim_end_matches('/').to_owned(),
-            prefix: context.instance,
-            mount_url: context.mount_url,
-            client: context.upstream,
-            documents: context.documents,
+            context,
         })
     }
 }
@@ -114,10 +111,7 @@ fn negotiate(accept: Option<&str>) -> Option<Format> {
 #[derive(Debug)]
 pub struct PyPi {
     upstream: String,
-    prefix: &'static str,
-    mount_url: String,
-    client: Upstream,
-    documents: Documents,
+    context: EcosystemContext,
 }
 
 /// What a PyPI request asks for.
@@ -166,6 +160,7 @@ impl PyPi {
     async fn project_page(&self, project: &str, format: Format) -> Reply {
         let (key, url) = (format!("simple/{project}"), self.page_url(project));
         let (doc, freshness) = match self
+            .context
             .documents
             .get(&self.page_request(&key, &url), false)
             .await
@@ -177,19 +172,21 @@ impl PyPi {
             Format::Json => JSON,
             Format::Html(ct) => ct,
         };
-        self.documents.reply(&key, variant, &doc, freshness, |doc| {
-            let page = self.parse(project, doc)?;
-            let (content_type, body) = match format {
-                Format::Json => (JSON, render_json(&page, project, &self.mount_url)),
-                Format::Html(ct) => (ct, render_html(&page, project, &self.mount_url)),
-            };
-            let reply = DocumentReply::new(
-                HeaderValue::from_static(content_type),
-                Bytes::from(body),
-                60,
-            );
-            Ok(reply.varies_by_accept())
-        })
+        self.context
+            .documents
+            .reply(&key, variant, &doc, freshness, |doc| {
+                let page = self.parse(project, doc)?;
+                let (content_type, body) = match format {
+                    Format::Json => (JSON, render_json(&page, project, &self.context.mount_url)),
+                    Format::Html(ct) => (ct, render_html(&page, project, &self.context.mount_url)),
+                };
+                let reply = DocumentReply::new(
+                    HeaderValue::from_static(content_type),
+                    Bytes::from(body),
+                    60,
+                );
+                Ok(reply.varies_by_accept())
+            })
     }
 
     /// Where upstream has the file of `key` (or its PEP 658 metadata), from the upstream's own
@@ -197,7 +194,7 @@ impl PyPi {
     async fn resolve(self: Arc<Self>, key: ObjectKey) -> Result<Fetch, FetchFailure> {
         let (project, filename) = key
             .as_str()
-            .strip_prefix(self.prefix)
+            .strip_prefix(self.context.instance)
             .and_then(|rest| rest.strip_prefix('/'))
             .and_then(|rest| rest.split_once('/'))
             .map(|(p, f)| (p.to_owned(), f.to_owned()))
@@ -208,6 +205,7 @@ impl PyPi {
         };
         let (doc_key, url) = (format!("simple/{project}"), self.page_url(&project));
         let found = self
+            .context
             .documents
             .find(&self.page_request(&doc_key, &url), &dist, |doc| {
                 Ok(self.parse(&project, doc)?.file(&dist).cloned())
@@ -243,9 +241,9 @@ impl PyPi {
         } else {
             "application/octet-stream"
         };
-        Ok(self.client.fetch(ArtifactSpec {
+        Ok(self.context.upstream.fetch(ArtifactSpec {
             key,
-            ecosystem: self.prefix,
+            ecosystem: self.context.instance,
             name: project,
             version: String::new(),
             filename,
@@ -301,7 +299,7 @@ impl Ecosystem for PyPi {
                     "{filename:?} is not a distribution file name"
                 )));
             }
-            return ObjectKey::new(format!("{}/{project}/{filename}", self.prefix))
+            return ObjectKey::new(format!("{}/{project}/{filename}", self.context.instance))
                 .map(PyPiOp::File)
                 .map_err(|e| Refusal::bad_request(e.message().to_owned()));
         }
@@ -311,7 +309,7 @@ impl Ecosystem for PyPi {
     async fn handle(self: Arc<Self>, op: PyPiOp, request: EcosystemRequest<'_>) -> Reply {
         match op {
             PyPiOp::Canonical(normalized) => Reply::Redirect {
-                location: format!("{}/simple/{normalized}/", self.mount_url),
+                location: format!("{}/simple/{normalized}/", self.context.mount_url),
                 permanent: true,
             },
             PyPiOp::Page(project) => {

@@ -240,6 +240,17 @@ pub fn start_proxyd(bin: &str, fixture: &Fixture, storage: Storage, extra: &str)
     }
 }
 
+impl Running {
+    /// GET `path` on proxyd (redirects not followed).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        client()
+            .get(format!("{}{path}", self.proxyd.url()))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -353,14 +364,9 @@ pub async fn upstream_failures_give_502_and_504(bin: &str, kind: Kind, storage: 
         f.mount
     );
     let run = start_proxyd(bin, &f, storage, &extra);
-    let c = client();
     f.server()
         .set_fault(&f.metadata_upstream_path, Fault::Unavailable);
-    let resp = c
-        .get(format!("{}{}", run.proxyd.url(), f.metadata_path))
-        .send()
-        .await
-        .unwrap();
+    let resp = run.get(&f.metadata_path).await;
     assert_eq!(resp.status(), 502);
     let text = resp.text().await.unwrap();
     assert_eq!(text.lines().count(), 1, "{text:?}");
@@ -375,11 +381,7 @@ pub async fn upstream_failures_give_502_and_504(bin: &str, kind: Kind, storage: 
     );
     f.server()
         .set_fault(&f.metadata_upstream_path, Fault::TooManyRequests);
-    let resp = c
-        .get(format!("{}{}", run.proxyd.url(), f.metadata_path))
-        .send()
-        .await
-        .unwrap();
+    let resp = run.get(&f.metadata_path).await;
     assert_eq!(resp.status(), 502);
     assert!(resp.text().await.unwrap().contains("429"));
     assert_eq!(
@@ -391,11 +393,7 @@ pub async fn upstream_failures_give_502_and_504(bin: &str, kind: Kind, storage: 
         &f.metadata_upstream_path,
         Fault::Delay(Duration::from_secs(3)),
     );
-    let resp = c
-        .get(format!("{}{}", run.proxyd.url(), f.metadata_path))
-        .send()
-        .await
-        .unwrap();
+    let resp = run.get(&f.metadata_path).await;
     assert_eq!(resp.status(), 504);
     assert!(resp.text().await.unwrap().contains("timed out"));
     // An artifact whose upstream stalls mid-body: the client's transfer fails after the
@@ -467,11 +465,7 @@ pub async fn bad_paths_reach_nothing(bin: &str, kind: Kind, storage: Storage) {
     let run = start_proxyd(bin, &f, storage, "");
     let c = client();
     for path in f.all_bad_paths() {
-        let resp = c
-            .get(format!("{}{path}", run.proxyd.url()))
-            .send()
-            .await
-            .unwrap();
+        let resp = run.get(&path).await;
         let status = resp.status().as_u16();
         let shown: String = path.chars().take(80).collect();
         assert!((400..500).contains(&status), "{shown}: {status}");
@@ -574,20 +568,12 @@ pub async fn metadata_points_at_proxyd(bin: &str, kind: Kind, storage: Storage) 
     let run = start_proxyd(bin, &f, storage, "");
     let (doc_path, needle) = &f.links;
     let c = client();
-    let doc = c
-        .get(format!("{}{doc_path}", run.proxyd.url()))
-        .send()
-        .await
-        .unwrap();
+    let doc = run.get(doc_path).await;
     assert_eq!(doc.status(), 200);
     let text = doc.text().await.unwrap();
     let expected = format!("{}{needle}", run.proxyd.url());
     assert!(text.contains(&expected), "{expected} not in {text}");
-    let meta = c
-        .get(format!("{}{}", run.proxyd.url(), f.metadata_path))
-        .send()
-        .await
-        .unwrap();
+    let meta = run.get(&f.metadata_path).await;
     assert_eq!(meta.status(), 200);
     let vary = meta
         .headers()
@@ -613,23 +599,14 @@ pub async fn metadata_points_at_proxyd(bin: &str, kind: Kind, storage: Storage) 
 pub async fn unknown_names_reach_upstream_once(bin: &str, kind: Kind, storage: Storage) {
     let f = Fixture::start(kind, 1_000).await;
     let run = start_proxyd(bin, &f, storage, "");
-    let c = client();
     let (path, upstream_path) = &f.unknown;
     for _ in 0..5 {
-        let resp = c
-            .get(format!("{}{path}", run.proxyd.url()))
-            .send()
-            .await
-            .unwrap();
+        let resp = run.get(path).await;
         assert_eq!(resp.status(), 404);
     }
     assert_eq!(f.server().hits(upstream_path), 1, "asked once for {path}");
     for _ in 0..5 {
-        let resp = c
-            .get(format!("{}{}", run.proxyd.url(), f.unknown_artifact))
-            .send()
-            .await
-            .unwrap();
+        let resp = run.get(&f.unknown_artifact).await;
         assert_eq!(resp.status(), 404);
     }
     // The metadata once (just fetched, so not fetched again for the missing file); then the
