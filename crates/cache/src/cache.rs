@@ -8,15 +8,29 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 use proxyd_storage_core::{ByteStream, ObjectKey, PutOptions, Storage};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::entry::{ArtifactEntry, ArtifactSpec, Document, from_unix_secs, unix_secs};
 use crate::metric_names as m;
 use crate::{CacheError, FailureKind, FetchFailure, Index, IndexRecord};
 
-/// Chunks buffered between the upstream reader and each consumer (storage, the client).
+/// Chunks buffered between the upstream reader and storage.
 const CHANNEL_DEPTH: usize = 4;
+
+/// Chunks a live reader may fall behind before it is left to continue from storage.
+const LIVE_CHUNKS: usize = 64;
+
+/// What a fetch publishes to its live readers.
+#[derive(Debug, Clone)]
+enum Piece {
+    /// The next bytes.
+    Data(Bytes),
+    /// Verified and committed: the stream is complete.
+    Done,
+    /// Refused or broken: the stream must fail, never end cleanly.
+    Failed(String),
+}
 
 /// Tunables of the cache.
 #[derive(Debug, Clone)]
@@ -445,7 +459,7 @@ impl Cache {
         source: F,
     ) -> Result<Fetched, CacheError>
     where
-        F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send,
+        F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send + 'static,
     {
         self.fetch_newer(spec, source, None).await
     }
@@ -459,7 +473,7 @@ impl Cache {
         newer_than: Option<SystemTime>,
     ) -> Result<Fetched, CacheError>
     where
-        F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send,
+        F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send + 'static,
     {
         let joined = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
@@ -486,6 +500,157 @@ impl Cache {
             },
         };
         self.record_miss(spec.ecosystem);
+        let result_rx = done.subscribe();
+        let (pieces, leader) = broadcast::channel(LIVE_CHUNKS);
+        let (headers_tx, headers_rx) = oneshot::channel();
+        let key = spec.key.clone();
+        let content_type = spec.content_type.clone();
+        // The fetch runs on its own: the request that started it may go away, or stop reading,
+        // and neither the fill nor the requests waiting for it notice.
+        let cache = self.clone();
+        tokio::spawn(async move {
+            cache
+                .run_fetch(spec, source, done, pieces, headers_tx)
+                .await;
+        });
+        let content_length = match headers_rx.await {
+            Ok(Ok(content_length)) => content_length,
+            Ok(Err(failure)) => return Err(failure.into()),
+            Err(_) => {
+                return Err(
+                    FetchFailure::upstream("the upstream fetch ended without a result").into(),
+                );
+            }
+        };
+        Ok(Fetched::Streaming {
+            content_length,
+            content_type,
+            body: self.follow_live(key, leader, result_rx),
+        })
+    }
+
+    /// The bytes of a fetch as they arrive. A reader that falls more than [`LIVE_CHUNKS`] behind
+    /// is not waited for: it continues from storage, at its own pace, once the fetch commits.
+    fn follow_live(
+        self: &Arc<Self>,
+        key: ObjectKey,
+        live: broadcast::Receiver<Piece>,
+        result: watch::Receiver<FlightResult>,
+    ) -> ByteStream {
+        struct Follow {
+            cache: Arc<Cache>,
+            key: ObjectKey,
+            result: watch::Receiver<FlightResult>,
+            position: u64,
+            state: FollowState,
+        }
+        enum FollowState {
+            Live(broadcast::Receiver<Piece>),
+            Stored(ByteStream),
+            Ended,
+        }
+        let start = Follow {
+            cache: self.clone(),
+            key,
+            result,
+            position: 0,
+            state: FollowState::Live(live),
+        };
+        futures::stream::unfold(start, |mut f| async move {
+            loop {
+                match std::mem::replace(&mut f.state, FollowState::Ended) {
+                    FollowState::Ended => return None,
+                    FollowState::Stored(mut stream) => {
+                        let item = stream.next().await?;
+                        f.state = FollowState::Stored(stream);
+                        return Some((item, f));
+                    }
+                    FollowState::Live(mut live) => match live.recv().await {
+                        Ok(Piece::Data(chunk)) => {
+                            f.position += chunk.len() as u64;
+                            f.state = FollowState::Live(live);
+                            return Some((Ok(chunk), f));
+                        }
+                        Ok(Piece::Done) => return None,
+                        Ok(Piece::Failed(message)) => {
+                            return Some((Err(std::io::Error::other(message)), f));
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            metrics::counter!(m::SLOW_READERS_TOTAL).increment(1);
+                            match f
+                                .cache
+                                .rest_from_storage(&f.key, &mut f.result, f.position)
+                                .await
+                            {
+                                Ok(Some(stream)) => f.state = FollowState::Stored(stream),
+                                Ok(None) => return None,
+                                Err(err) => return Some((Err(err), f)),
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            let err =
+                                std::io::Error::other("the upstream fetch ended without a result");
+                            return Some((Err(err), f));
+                        }
+                    },
+                }
+            }
+        })
+        .boxed()
+    }
+
+    /// What a reader that fell behind still needs, from storage once the fetch has committed
+    /// (`None` when it already has everything).
+    async fn rest_from_storage(
+        &self,
+        key: &ObjectKey,
+        result: &mut watch::Receiver<FlightResult>,
+        position: u64,
+    ) -> std::io::Result<Option<ByteStream>> {
+        let waited =
+            tokio::time::timeout(self.settings.fetch_wait, result.wait_for(Option::is_some))
+                .await
+                .map(|r| r.map(|seen| seen.clone()));
+        let entry = match waited {
+            Ok(Ok(result)) => match result {
+                Some(Ok(entry)) => entry,
+                Some(Err(failure)) => return Err(std::io::Error::other(failure.message)),
+                None => {
+                    return Err(std::io::Error::other(
+                        "the upstream fetch ended without a result",
+                    ));
+                }
+            },
+            Ok(Err(_)) => return Err(std::io::Error::other("the upstream fetch was abandoned")),
+            Err(_) => {
+                return Err(std::io::Error::other(
+                    "timed out waiting for the upstream fetch",
+                ));
+            }
+        };
+        if position >= entry.size {
+            return Ok(None);
+        }
+        let got = self
+            .storage
+            .get(key, Some(position..entry.size))
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(Some(got.body))
+    }
+
+    /// The upstream request and the ingest, on their own task: report the response's length
+    /// (or its failure) to the request that started the fetch, then fill storage.
+    async fn run_fetch<F>(
+        self: Arc<Self>,
+        spec: ArtifactSpec,
+        source: F,
+        done: FlightGuard,
+        pieces: broadcast::Sender<Piece>,
+        headers: oneshot::Sender<Result<Option<u64>, FetchFailure>>,
+    ) where
+        F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send,
+    {
         metrics::counter!(m::UPSTREAM_REQUESTS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
             .increment(1);
         let upstream = match source.await {
@@ -495,20 +660,13 @@ impl Cache {
                     metrics::counter!(m::UPSTREAM_ERRORS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
                         .increment(1);
                 }
-                done.finish(Err(failure.clone()));
-                return Err(failure.into());
+                let _ = headers.send(Err(failure.clone()));
+                done.finish(Err(failure));
+                return;
             }
         };
-        let content_length = upstream.content_length;
-        let content_type = spec.content_type.clone();
-        let (client_tx, client_rx) = mpsc::channel(CHANNEL_DEPTH);
-        let cache = self.clone();
-        tokio::spawn(async move { cache.ingest(spec, upstream, client_tx, done).await });
-        Ok(Fetched::Streaming {
-            content_length,
-            content_type,
-            body: ReceiverStream::new(client_rx).boxed(),
-        })
+        let _ = headers.send(Ok(upstream.content_length));
+        self.ingest(spec, upstream, pieces, done).await;
     }
 
     async fn wait_for(
@@ -519,25 +677,36 @@ impl Cache {
         metrics::counter!(m::COALESCED_FETCHES_TOTAL, "ecosystem" => ecosystem).increment(1);
         let waited =
             tokio::time::timeout(self.settings.fetch_wait, rx.wait_for(Option::is_some)).await;
-        match waited {
+        let (outcome, result) = match waited {
             Ok(Ok(result)) => match result.clone() {
-                Some(Ok(entry)) => Ok(Fetched::Cached(entry)),
-                Some(Err(failure)) => Err(failure.into()),
-                None => {
-                    Err(FetchFailure::upstream("the upstream fetch ended without a result").into())
-                }
+                Some(Ok(entry)) => ("hit", Ok(Fetched::Cached(entry))),
+                Some(Err(failure)) => ("failed", Err(failure.into())),
+                None => (
+                    "failed",
+                    Err(FetchFailure::upstream("the upstream fetch ended without a result").into()),
+                ),
             },
-            Ok(Err(_)) => Err(FetchFailure::upstream("the upstream fetch was abandoned").into()),
-            Err(_) => Err(FetchFailure::timeout("timed out waiting for the upstream fetch").into()),
-        }
+            Ok(Err(_)) => (
+                "failed",
+                Err(FetchFailure::upstream("the upstream fetch was abandoned").into()),
+            ),
+            Err(_) => (
+                "timeout",
+                Err(FetchFailure::timeout("timed out waiting for the upstream fetch").into()),
+            ),
+        };
+        metrics::counter!(m::FETCH_WAITS_TOTAL, "ecosystem" => ecosystem, "outcome" => outcome)
+            .increment(1);
+        result
     }
 
-    /// Read upstream, write storage, feed the client, verify, commit.
+    /// Read upstream, write storage, publish the bytes to whoever follows them live, verify,
+    /// commit. Paced by the upstream and storage only: publishing never waits for a reader.
     async fn ingest(
         self: Arc<Self>,
         mut spec: ArtifactSpec,
         mut upstream: UpstreamBody,
-        client: mpsc::Sender<std::io::Result<Bytes>>,
+        live: broadcast::Sender<Piece>,
         done: FlightGuard,
     ) {
         let (store_tx, store_rx) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_DEPTH);
@@ -552,8 +721,7 @@ impl Cache {
 
         let mut verifier = spec.verifier.take();
         let mut received: u64 = 0;
-        let mut client_alive = true;
-        // The last chunk is held back from the client until the download is verified and
+        // The last chunk is held back from live readers until the download is verified and
         // committed, so a bad download never looks complete.
         let mut held: Option<Bytes> = None;
         let mut failure: Option<FetchFailure> = None;
@@ -574,11 +742,9 @@ impl Cache {
             if store_tx.send(Ok(chunk.clone())).await.is_err() {
                 break; // storage gave up; its error is reported below
             }
-            if let Some(previous) = held.replace(chunk)
-                && client_alive
-                && client.send(Ok(previous)).await.is_err()
-            {
-                client_alive = false; // the client left; the fetch still completes for the cache
+            if let Some(previous) = held.replace(chunk) {
+                // No reader left is fine: the fetch completes for the cache.
+                let _ = live.send(Piece::Data(previous));
             }
         }
         if failure.is_none()
@@ -628,19 +794,14 @@ impl Cache {
         };
         match &result {
             Ok(_) => {
-                if let Some(last) = held
-                    && client_alive
-                {
-                    let _ = client.send(Ok(last)).await;
+                if let Some(last) = held {
+                    let _ = live.send(Piece::Data(last));
                 }
+                let _ = live.send(Piece::Done);
             }
             Err(f) => {
                 tracing::warn!(key = %spec.key, url = %spec.upstream_url, error = %f.message, "artifact not cached");
-                if client_alive {
-                    let _ = client
-                        .send(Err(std::io::Error::other(f.message.clone())))
-                        .await;
-                }
+                let _ = live.send(Piece::Failed(f.message.clone()));
             }
         }
         done.finish(result);
@@ -746,6 +907,12 @@ struct FlightGuard {
 }
 
 impl FlightGuard {
+    fn subscribe(&self) -> watch::Receiver<FlightResult> {
+        self.tx
+            .as_ref()
+            .map_or_else(|| watch::channel(None).1, watch::Sender::subscribe)
+    }
+
     fn finish(mut self, result: Result<Arc<ArtifactEntry>, FetchFailure>) {
         self.release(result);
     }

@@ -85,13 +85,17 @@ async fn fifty_concurrent_misses_make_one_upstream_fetch() {
                 data.clone(),
             );
             tokio::spawn(async move {
-                let source = async {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    Ok(UpstreamBody {
-                        content_length: Some(data.len() as u64),
-                        body: body(data.clone(), 4096),
-                    })
+                let source = {
+                    let data = data.clone();
+                    let calls = calls.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok(UpstreamBody {
+                            content_length: Some(data.len() as u64),
+                            body: body(data.clone(), 4096),
+                        })
+                    }
                 };
                 let fetched = cache.fetch(spec("pkg", &data), source).await.unwrap();
                 drain(fetched, &storage).await.unwrap()
@@ -139,20 +143,24 @@ async fn digest_mismatch_commits_nothing_and_fails_the_body() {
 async fn broken_and_short_downloads_commit_nothing() {
     let s = setup(CacheSettings::default()).await;
     let data = pattern(50_000, 3);
-    let source = async {
-        Ok(UpstreamBody {
-            content_length: None,
-            body: failing_body(pattern(1000, 3)),
-        })
+    let source = {
+        async move {
+            Ok(UpstreamBody {
+                content_length: None,
+                body: failing_body(pattern(1000, 3)),
+            })
+        }
     };
     let fetched = s.cache.fetch(spec("cut", &data), source).await.unwrap();
     assert!(drain(fetched, &s.storage).await.is_err());
     let short = data[..40_000].to_vec();
-    let source = async {
-        Ok(UpstreamBody {
-            content_length: Some(50_000),
-            body: body(short, 1000),
-        })
+    let source = {
+        async move {
+            Ok(UpstreamBody {
+                content_length: Some(50_000),
+                body: body(short, 1000),
+            })
+        }
     };
     let mut s2 = spec("short", &data);
     s2.verifier = None; // only the length can catch this one
@@ -186,11 +194,14 @@ async fn upstream_failure_reaches_every_waiter_and_frees_the_key() {
         })
     ));
     // The key is free again: a later fetch runs.
-    let source = async {
-        Ok(UpstreamBody {
-            content_length: None,
-            body: body(data.clone(), 1),
-        })
+    let source = {
+        let data = data.clone();
+        async move {
+            Ok(UpstreamBody {
+                content_length: None,
+                body: body(data.clone(), 1),
+            })
+        }
     };
     let fetched = s.cache.fetch(spec("gone", &data), source).await.unwrap();
     assert_eq!(drain(fetched, &s.storage).await.unwrap(), data);
@@ -205,11 +216,14 @@ async fn eviction_removes_least_recently_used() {
     .await;
     for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
         let data = pattern(100, i as u8);
-        let source = async {
-            Ok(UpstreamBody {
-                content_length: None,
-                body: body(data.clone(), 10),
-            })
+        let source = {
+            let data = data.clone();
+            async move {
+                Ok(UpstreamBody {
+                    content_length: None,
+                    body: body(data.clone(), 10),
+                })
+            }
         };
         let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
         drain(fetched, &s.storage).await.unwrap();
@@ -248,11 +262,14 @@ async fn eviction_removes_least_recently_used() {
 async fn hits_are_batched_into_the_index_and_missing_objects_are_forgotten() {
     let s = setup(CacheSettings::default()).await;
     let data = pattern(10, 9);
-    let source = async {
-        Ok(UpstreamBody {
-            content_length: None,
-            body: body(data.clone(), 3),
-        })
+    let source = {
+        let data = data.clone();
+        async move {
+            Ok(UpstreamBody {
+                content_length: None,
+                body: body(data.clone(), 3),
+            })
+        }
     };
     drain(
         s.cache.fetch(spec("h", &data), source).await.unwrap(),
@@ -290,11 +307,14 @@ async fn index_survives_restart() {
         let cache = Cache::open(storage.clone(), index, CacheSettings::default())
             .await
             .unwrap();
-        let source = async {
-            Ok(UpstreamBody {
-                content_length: None,
-                body: body(data.clone(), 8),
-            })
+        let source = {
+            let data = data.clone();
+            async move {
+                Ok(UpstreamBody {
+                    content_length: None,
+                    body: body(data.clone(), 8),
+                })
+            }
         };
         drain(
             cache.fetch(spec("r", &data), source).await.unwrap(),
@@ -310,4 +330,80 @@ async fn index_survives_restart() {
     let entry = cache.lookup(&spec("r", &data).key).expect("entry reloaded");
     assert_eq!(entry.size, 64);
     let _ = Bytes::new();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_stops_reading_stalls_neither_the_fill_nor_the_waiters() {
+    // A wait of 3 s: before the fill ran on its own, the waiter below got a 504 after it.
+    let s = setup(CacheSettings {
+        fetch_wait: Duration::from_secs(3),
+        ..CacheSettings::default()
+    })
+    .await;
+    let data = pattern(2_000_000, 4);
+    let source = {
+        let data = data.clone();
+        async move {
+            Ok(UpstreamBody {
+                content_length: Some(data.len() as u64),
+                body: body(data, 4096),
+            })
+        }
+    };
+    let leader = s.cache.fetch(spec("stalled", &data), source).await.unwrap();
+    let Fetched::Streaming { mut body, .. } = leader else {
+        panic!("the first request leads");
+    };
+    // The leader reads one chunk, then stops reading.
+    let first = body.next().await.unwrap().unwrap();
+    let waiter = s.cache.fetch(spec("stalled", &data), async {
+        unreachable!("a second request joins the flight")
+    });
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter is answered")
+        .unwrap();
+    assert!(matches!(waited, Fetched::Cached(_)), "served as a hit");
+    assert_eq!(drain(waited, &s.storage).await.unwrap(), data);
+    // The stalled leader, reading again, still gets every byte (from storage, where it left).
+    let mut all = first.to_vec();
+    while let Some(chunk) = body.next().await {
+        all.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(all, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_gone_before_upstream_answers_leaves_the_fetch_to_the_waiters() {
+    let s = setup(CacheSettings::default()).await;
+    let data = pattern(100_000, 5);
+    let source = {
+        let data = data.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(UpstreamBody {
+                content_length: Some(data.len() as u64),
+                body: body(data, 4096),
+            })
+        }
+    };
+    let cache = s.cache.clone();
+    let leader_spec = spec("abandoned", &data);
+    let leader = tokio::spawn(async move { cache.fetch(leader_spec, source).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cache = s.cache.clone();
+    let waiter_spec = spec("abandoned", &data);
+    let waiter = tokio::spawn(async move {
+        cache
+            .fetch(waiter_spec, async { unreachable!("joins the flight") })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    leader.abort(); // the client hung up before upstream answered
+    let waited = waiter.await.unwrap().unwrap();
+    assert!(
+        matches!(waited, Fetched::Cached(_)),
+        "not a 502 for the waiter"
+    );
+    assert_eq!(drain(waited, &s.storage).await.unwrap(), data);
 }
