@@ -208,9 +208,16 @@ async fn serve(
         .with_context(|| format!("storage {}", settings::redact_url(&settings.storage_url)))?;
     let index = SqliteIndex::open(&settings.database_path)
         .with_context(|| format!("database {}", settings.database_path.display()))?;
+    if settings.max_size.is_none() {
+        tracing::warn!(
+            "storage.max_size is not set: the cache grows without bound until storage is full; set it (for example PROXYD_STORAGE_MAX_SIZE=50GB)"
+        );
+    }
     let cache_settings = CacheSettings {
         max_size: settings.max_size,
         verify_interval: settings.verify_interval,
+        // A presigned URL handed out before an eviction stays good for its whole life.
+        eviction_grace: settings.direct_serve_ttl,
         ..CacheSettings::default()
     };
     let cache = Cache::open(storage, Arc::new(index), cache_settings)

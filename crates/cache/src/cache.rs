@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::entry::{ArtifactEntry, ArtifactSpec, Document, from_unix_secs, unix_secs};
+use crate::evict::{EvictionPolicy, LruPolicy};
 use crate::metric_names as m;
 use crate::{CacheError, FailureKind, FetchFailure, Index, IndexRecord};
 
@@ -43,6 +44,9 @@ pub struct CacheSettings {
     pub flush_interval: Duration,
     /// How often storage is listed to drop index entries whose objects vanished.
     pub verify_interval: Duration,
+    /// How long an evicted object stays in storage after it left the index, so a presigned
+    /// URL or a stream already handed out stays good (the direct-serve TTL).
+    pub eviction_grace: Duration,
 }
 
 impl Default for CacheSettings {
@@ -52,6 +56,7 @@ impl Default for CacheSettings {
             fetch_wait: Duration::from_secs(300),
             flush_interval: Duration::from_secs(10),
             verify_interval: Duration::from_secs(600),
+            eviction_grace: Duration::ZERO,
         }
     }
 }
@@ -162,7 +167,9 @@ pub struct Cache {
     counters: RwLock<FastMap<String, Arc<Counters>>>,
     total_bytes: AtomicU64,
     evicted_bytes: AtomicU64,
-    evicting: tokio::sync::Mutex<()>,
+    policy: Box<dyn EvictionPolicy>,
+    /// Evicted entries whose objects are deleted after the grace period.
+    evicted: mpsc::UnboundedSender<(Arc<ArtifactEntry>, tokio::time::Instant)>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -231,6 +238,9 @@ impl Cache {
                 entries.insert(entry.key.clone(), Arc::new(entry));
             }
         }
+        let max_size = settings.max_size;
+        let grace = settings.eviction_grace;
+        let (evicted_tx, evicted_rx) = mpsc::unbounded_channel();
         let cache = Arc::new(Self {
             storage,
             index,
@@ -241,8 +251,23 @@ impl Cache {
             counters: RwLock::new(FastMap::default()),
             total_bytes: AtomicU64::new(total),
             evicted_bytes: AtomicU64::new(0),
-            evicting: tokio::sync::Mutex::new(()),
+            policy: Box::new(LruPolicy::new(max_size)),
+            evicted: evicted_tx,
         });
+        // The policy learns the kept entries oldest first; what does not fit goes now.
+        let mut by_age: Vec<Arc<ArtifactEntry>> = cache
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        by_age.sort_by_key(|e| e.last_access.load(Ordering::Relaxed));
+        for entry in by_age {
+            let victims = cache.policy.admit(&entry.key, entry.size);
+            cache.evict(victims);
+        }
+        tokio::spawn(delete_evicted(Arc::downgrade(&cache), evicted_rx, grace));
         cache.publish_gauges();
         Ok(cache)
     }
@@ -310,6 +335,7 @@ impl Cache {
         let batch = dirty
             .iter()
             .map(|e| {
+                self.policy.touch(&e.key);
                 e.dirty.store(false, Ordering::Release);
                 let hits = e.pending_hits.swap(0, Ordering::AcqRel);
                 (
@@ -330,6 +356,7 @@ impl Cache {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
         if let Some(entry) = removed {
+            self.policy.remove(key);
             self.total_bytes.fetch_sub(entry.size, Ordering::Relaxed);
             tracing::warn!(key = %key, "cached object is missing from storage; it will be fetched again");
             if let Err(err) = self.index.remove(vec![key.as_str().to_owned()]).await {
@@ -841,58 +868,59 @@ impl Cache {
             self.total_bytes.fetch_sub(old.size, Ordering::Relaxed);
         }
         self.total_bytes.fetch_add(size, Ordering::Relaxed);
-        self.evict_if_needed(&entry.key).await;
+        let victims = self.policy.admit(&entry.key, size);
+        self.evict(victims);
         self.publish_gauges();
         entry
     }
 
-    /// Delete least recently used artifacts until the total fits `max_size`.
-    async fn evict_if_needed(&self, keep: &ObjectKey) {
-        let Some(max) = self.settings.max_size else {
+    /// Take `victims` out of the index in memory now (no new hit or redirect is handed out
+    /// for them) and queue their objects for deletion after the grace period.
+    fn evict(&self, victims: Vec<(ObjectKey, u64)>) {
+        if victims.is_empty() {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        for (key, _) in victims {
+            if let Some(entry) = entries.remove(&key) {
+                self.total_bytes.fetch_sub(entry.size, Ordering::Relaxed);
+                self.evicted_bytes.fetch_add(entry.size, Ordering::Relaxed);
+                metrics::counter!(m::EVICTED_BYTES_TOTAL).increment(entry.size);
+                let _ = self.evicted.send((entry, now));
+            }
+        }
+    }
+}
+
+/// Deletes evicted objects once their grace period is over, oldest first, unless the key was
+/// fetched again meanwhile; then their index rows.
+async fn delete_evicted(
+    cache: std::sync::Weak<Cache>,
+    mut evicted: mpsc::UnboundedReceiver<(Arc<ArtifactEntry>, tokio::time::Instant)>,
+    grace: Duration,
+) {
+    while let Some((entry, at)) = evicted.recv().await {
+        tokio::time::sleep_until(at + grace).await;
+        let Some(cache) = cache.upgrade() else {
             return;
         };
-        if self.total_bytes.load(Ordering::Relaxed) <= max {
-            return;
+        if cache.lookup(&entry.key).is_some() {
+            continue; // fetched again: the object is the new one
         }
-        let _one_at_a_time = self.evicting.lock().await;
-        let mut candidates: Vec<Arc<ArtifactEntry>> = self
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|e| &e.key != keep)
-            .cloned()
-            .collect();
-        candidates.sort_by_key(|e| e.last_access.load(Ordering::Relaxed));
-        let mut removed = Vec::new();
-        for victim in candidates {
-            if self.total_bytes.load(Ordering::Relaxed) <= max {
-                break;
+        match cache.storage.delete(&entry.key).await {
+            Ok(()) => {
+                if let Err(err) = cache
+                    .index
+                    .remove(vec![entry.key.as_str().to_owned()])
+                    .await
+                {
+                    tracing::error!(key = %entry.key, error = %err, "could not remove an evicted entry from the index");
+                }
+                tracing::debug!(key = %entry.key, size = entry.size, "evicted");
             }
-            if let Err(err) = self.storage.delete(&victim.key).await {
-                tracing::error!(key = %victim.key, error = %err, "could not evict");
-                continue;
-            }
-            if self
-                .entries
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&victim.key)
-                .is_some()
-            {
-                self.total_bytes.fetch_sub(victim.size, Ordering::Relaxed);
-                self.evicted_bytes.fetch_add(victim.size, Ordering::Relaxed);
-                metrics::counter!(m::EVICTED_BYTES_TOTAL).increment(victim.size);
-                removed.push(victim.key.as_str().to_owned());
-            }
-        }
-        if !removed.is_empty() {
-            tracing::info!(
-                count = removed.len(),
-                "evicted least recently used artifacts"
-            );
-            if let Err(err) = self.index.remove(removed).await {
-                tracing::error!(error = %err, "could not remove evicted entries from the index");
+            Err(err) => {
+                tracing::error!(key = %entry.key, error = %err, "could not delete an evicted object");
             }
         }
     }

@@ -4,6 +4,7 @@ mod cache;
 mod digest;
 mod entry;
 mod error;
+mod evict;
 mod index;
 pub mod metric_names;
 
@@ -11,4 +12,5 @@ pub use cache::{Cache, CacheSettings, EcosystemStats, Fetched, Stats, UpstreamBo
 pub use digest::{DigestVerifier, ExpectedDigest, Verifier};
 pub use entry::{ArtifactEntry, ArtifactSpec, Document};
 pub use error::{CacheError, FailureKind, FetchFailure};
+pub use evict::{EvictionPolicy, LruPolicy};
 pub use index::{Index, IndexRecord, SqliteIndex};

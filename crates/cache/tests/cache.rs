@@ -227,16 +227,11 @@ async fn eviction_removes_least_recently_used() {
         };
         let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
         drain(fetched, &s.storage).await.unwrap();
-        if name == "a" {
-            // "a" was used recently; "b" becomes the least recently used.
-            let entry = s.cache.lookup(&spec("a", &data).key).unwrap();
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-            s.cache.record_hit(&entry);
-        }
         if name == "b" {
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            // "a" is used after "b": hits reach the policy in batches, with the flush.
             let a = s.cache.lookup(&spec("a", &pattern(100, 0)).key).unwrap();
             s.cache.record_hit(&a);
+            s.cache.flush().await.unwrap();
         }
     }
     let stats = s.cache.stats();
@@ -247,15 +242,65 @@ async fn eviction_removes_least_recently_used() {
         "b was evicted"
     );
     assert!(s.cache.lookup(&spec("a", &pattern(100, 0)).key).is_some());
-    let keys: Vec<_> = s
-        .storage
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key.to_string())
-        .collect();
-    assert_eq!(keys.len(), 2, "{keys:?}");
+    // The object goes on a background task, after the grace period (none here).
+    assert_eq!(stored_keys(&s.storage, 2).await.len(), 2);
+}
+
+/// The keys in storage once there are `expected` of them (or after 5 s).
+async fn stored_keys(storage: &Arc<dyn Storage>, expected: usize) -> Vec<String> {
+    for _ in 0..100 {
+        let keys: Vec<String> = storage
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key.to_string())
+            .collect();
+        if keys.len() == expected {
+            return keys;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("storage never held {expected} objects");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_object_outlives_the_grace_period_of_what_was_handed_out() {
+    let s = setup(CacheSettings {
+        max_size: Some(150),
+        eviction_grace: Duration::from_millis(800),
+        ..CacheSettings::default()
+    })
+    .await;
+    for (i, name) in ["old", "new"].into_iter().enumerate() {
+        let data = pattern(100, i as u8);
+        let source = {
+            let data = data.clone();
+            async move {
+                Ok(UpstreamBody {
+                    content_length: None,
+                    body: body(data, 10),
+                })
+            }
+        };
+        let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
+        drain(fetched, &s.storage).await.unwrap();
+    }
+    let old = spec("old", &pattern(100, 0)).key;
+    assert!(
+        s.cache.lookup(&old).is_none(),
+        "no new hit or redirect for it"
+    );
+    assert!(
+        s.storage.head(&old).await.is_ok(),
+        "but a URL handed out before still works"
+    );
+    assert_eq!(
+        stored_keys(&s.storage, 1).await.len(),
+        1,
+        "then it is deleted"
+    );
+    assert_eq!(s.cache.stats().evicted_bytes, 100);
 }
 
 #[tokio::test]
