@@ -218,6 +218,8 @@ async fn serve(
         verify_interval: settings.verify_interval,
         // A presigned URL handed out before an eviction stays good for its whole life.
         eviction_grace: settings.direct_serve_ttl,
+        hot_bytes: settings.hot_cache_size,
+        hot_max_object: settings.hot_cache_max_object,
         ..CacheSettings::default()
     };
     let cache = Cache::open(storage, Arc::new(index), cache_settings)

@@ -32,6 +32,8 @@ pub(crate) struct Settings {
     pub(crate) direct_serve_ttl: Duration,
     pub(crate) direct_serve_base_url: Option<String>,
     pub(crate) verify_interval: Duration,
+    pub(crate) hot_cache_size: u64,
+    pub(crate) hot_cache_max_object: u64,
     pub(crate) database_path: PathBuf,
     pub(crate) metadata_ttl: Duration,
     pub(crate) metadata_cache_size: u64,
@@ -85,6 +87,8 @@ const SCALAR_KEYS: &[&str] = &[
     "storage.direct_serve_ttl",
     "storage.direct_serve_base_url",
     "storage.verify_interval",
+    "storage.hot_cache_size",
+    "storage.hot_cache_max_object",
     "database.path",
     "upstream.ca_file",
     "upstream.allowed_hosts",
@@ -434,17 +438,22 @@ pub(crate) fn load(
     let direct_serve_base_url = text("storage.direct_serve_base_url");
     let vi_raw = parse("storage.verify_interval", &mut problems);
     let verify_interval = duration("storage.verify_interval", vi_raw, "10m", &mut problems);
+    let size = |key: &str, default: u64, problems: &mut Vec<String>| {
+        parse(key, problems)
+            .map_or(Ok(default), |raw| parse_size(&raw))
+            .unwrap_or_else(|e| {
+                problems.push(format!("{key}: {e}"));
+                0
+            })
+    };
+    let hot_cache_size = size("storage.hot_cache_size", 64 << 20, &mut problems);
+    let hot_cache_max_object = size("storage.hot_cache_max_object", 64 << 10, &mut problems);
     let database_path = PathBuf::from(
         parse("database.path", &mut problems).unwrap_or_else(|| "./data/proxyd.db".into()),
     );
     let mt_raw = parse("metadata_ttl", &mut problems);
     let metadata_ttl = duration("metadata_ttl", mt_raw, "5m", &mut problems);
-    let metadata_cache_size = parse("metadata_cache_size", &mut problems)
-        .map_or(Ok(256_000_000), |raw| parse_size(&raw))
-        .unwrap_or_else(|e| {
-            problems.push(format!("metadata_cache_size: {e}"));
-            0
-        });
+    let metadata_cache_size = size("metadata_cache_size", 256_000_000, &mut problems);
     let log_level = parse("log.level", &mut problems).unwrap_or_else(|| "info".into());
     let log_format = match parse("log.format", &mut problems).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -533,6 +542,8 @@ pub(crate) fn load(
             direct_serve_ttl,
             direct_serve_base_url,
             verify_interval,
+            hot_cache_size,
+            hot_cache_max_object,
             database_path,
             metadata_ttl,
             metadata_cache_size,
@@ -583,6 +594,11 @@ impl Settings {
             format!(
                 "storage.verify_interval = {}s",
                 self.verify_interval.as_secs()
+            ),
+            format!("storage.hot_cache_size = {} bytes", self.hot_cache_size),
+            format!(
+                "storage.hot_cache_max_object = {} bytes",
+                self.hot_cache_max_object
             ),
             format!("database.path = {}", self.database_path.display()),
             format!("metadata_ttl = {}s", self.metadata_ttl.as_secs()),

@@ -47,6 +47,10 @@ pub struct CacheSettings {
     /// How long an evicted object stays in storage after it left the index, so a presigned
     /// URL or a stream already handed out stays good (the direct-serve TTL).
     pub eviction_grace: Duration,
+    /// Memory for small artifacts served from memory (0: none).
+    pub hot_bytes: u64,
+    /// The largest artifact kept in that memory.
+    pub hot_max_object: u64,
 }
 
 impl Default for CacheSettings {
@@ -57,6 +61,8 @@ impl Default for CacheSettings {
             flush_interval: Duration::from_secs(10),
             verify_interval: Duration::from_secs(600),
             eviction_grace: Duration::ZERO,
+            hot_bytes: 64 * 1024 * 1024,
+            hot_max_object: 64 * 1024,
         }
     }
 }
@@ -168,6 +174,8 @@ pub struct Cache {
     total_bytes: AtomicU64,
     evicted_bytes: AtomicU64,
     policy: Box<dyn EvictionPolicy>,
+    /// Small artifacts' bytes, with the digest of the entry they belong to.
+    hot: moka::sync::Cache<ObjectKey, ([u8; 32], Bytes)>,
     /// Evicted entries whose objects are deleted after the grace period.
     evicted: mpsc::UnboundedSender<(Arc<ArtifactEntry>, tokio::time::Instant)>,
 }
@@ -240,6 +248,7 @@ impl Cache {
         }
         let max_size = settings.max_size;
         let grace = settings.eviction_grace;
+        let hot_bytes = settings.hot_bytes;
         let (evicted_tx, evicted_rx) = mpsc::unbounded_channel();
         let cache = Arc::new(Self {
             storage,
@@ -252,6 +261,12 @@ impl Cache {
             total_bytes: AtomicU64::new(total),
             evicted_bytes: AtomicU64::new(0),
             policy: Box::new(LruPolicy::new(max_size)),
+            hot: moka::sync::Cache::builder()
+                .max_capacity(hot_bytes.max(1))
+                .weigher(|_: &ObjectKey, (_, bytes): &([u8; 32], Bytes)| {
+                    u32::try_from(bytes.len() + 128).unwrap_or(u32::MAX)
+                })
+                .build(),
             evicted: evicted_tx,
         });
         // The policy learns the kept entries oldest first; what does not fit goes now.
@@ -284,6 +299,44 @@ impl Cache {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .cloned()
+    }
+
+    /// The bytes of a small cached artifact, from memory when they are there, else read from
+    /// storage and kept (bounded by `hot_bytes`); `None` for artifacts above `hot_max_object`.
+    /// A hit served from here opens no file and makes no storage request.
+    pub async fn small_body(
+        &self,
+        entry: &ArtifactEntry,
+    ) -> Result<Option<Bytes>, proxyd_storage_core::Error> {
+        if self.settings.hot_bytes == 0 || entry.size > self.settings.hot_max_object {
+            return Ok(None);
+        }
+        if let Some((sha256, bytes)) = self.hot.get(&entry.key)
+            && sha256 == entry.sha256
+        {
+            return Ok(Some(bytes));
+        }
+        let got = self.storage.get(&entry.key, None).await?;
+        let mut body = got.body;
+        let mut bytes = bytes::BytesMut::with_capacity(usize::try_from(entry.size).unwrap_or(0));
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                proxyd_storage_core::Error::new(
+                    proxyd_storage_core::ErrorKind::Unexpected,
+                    "get",
+                    e.to_string(),
+                )
+            })?;
+            bytes.extend_from_slice(&chunk);
+        }
+        let bytes = bytes.freeze();
+        if bytes.len() as u64 != entry.size {
+            // Replaced or cut behind proxyd's back: serve it, keep nothing.
+            return Ok(Some(bytes));
+        }
+        self.hot
+            .insert(entry.key.clone(), (entry.sha256, bytes.clone()));
+        Ok(Some(bytes))
     }
 
     fn counters(&self, ecosystem: &str) -> Arc<Counters> {
@@ -355,6 +408,7 @@ impl Cache {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+        self.hot.invalidate(key);
         if let Some(entry) = removed {
             self.policy.remove(key);
             self.total_bytes.fetch_sub(entry.size, Ordering::Relaxed);
@@ -883,6 +937,7 @@ impl Cache {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
         for (key, _) in victims {
+            self.hot.invalidate(&key);
             if let Some(entry) = entries.remove(&key) {
                 self.total_bytes.fetch_sub(entry.size, Ordering::Relaxed);
                 self.evicted_bytes.fetch_add(entry.size, Ordering::Relaxed);

@@ -452,3 +452,52 @@ async fn a_leader_gone_before_upstream_answers_leaves_the_fetch_to_the_waiters()
     );
     assert_eq!(drain(waited, &s.storage).await.unwrap(), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_artifacts_are_served_from_memory_after_the_first_hit() {
+    let s = setup(CacheSettings {
+        hot_max_object: 1_000,
+        ..CacheSettings::default()
+    })
+    .await;
+    for (name, size) in [("small", 500), ("large", 5_000)] {
+        let data = pattern(size, 7);
+        let source = {
+            let data = data.clone();
+            async move {
+                Ok(UpstreamBody {
+                    content_length: None,
+                    body: body(data, 100),
+                })
+            }
+        };
+        let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
+        drain(fetched, &s.storage).await.unwrap();
+    }
+    let small = s
+        .cache
+        .lookup(&spec("small", &pattern(500, 7)).key)
+        .unwrap();
+    let large = s
+        .cache
+        .lookup(&spec("large", &pattern(5_000, 7)).key)
+        .unwrap();
+    assert_eq!(
+        s.cache.small_body(&small).await.unwrap().unwrap(),
+        pattern(500, 7),
+        "read from storage once"
+    );
+    assert!(
+        s.cache.small_body(&large).await.unwrap().is_none(),
+        "too large to keep"
+    );
+    // With the object gone from storage, the kept bytes still serve: no storage request.
+    s.storage.delete(&small.key).await.unwrap();
+    assert_eq!(
+        s.cache.small_body(&small).await.unwrap().unwrap(),
+        pattern(500, 7)
+    );
+    // Once the entry is forgotten, nothing is served from memory for it.
+    s.cache.forget(&small.key).await;
+    assert!(s.cache.small_body(&small).await.unwrap_err().is_not_found());
+}

@@ -371,12 +371,27 @@ impl Front {
             RangeRequest::Whole => None,
             RangeRequest::Part(r) => Some(r),
         };
-        let got = self.cache.storage().get(&entry.key, range.clone()).await?;
-        let length = got.range.end - got.range.start;
+        let (length, body) = match self.cache.small_body(entry).await? {
+            // A small artifact, from memory: no file opened, no storage request.
+            Some(bytes) => {
+                let part = match &range {
+                    Some(r) => bytes.slice(
+                        usize::try_from(r.start).unwrap_or(0)
+                            ..usize::try_from(r.end).unwrap_or(0).min(bytes.len()),
+                    ),
+                    None => bytes,
+                };
+                (part.len() as u64, body::full(part))
+            }
+            None => {
+                let got = self.cache.storage().get(&entry.key, range.clone()).await?;
+                (got.range.end - got.range.start, body::stream(got.body))
+            }
+        };
         let mut response = Response::new(if method == Method::HEAD {
             body::empty()
         } else {
-            body::stream(got.body)
+            body
         });
         let h = response.headers_mut();
         let rendered = rendered(entry);
