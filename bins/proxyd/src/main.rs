@@ -220,6 +220,14 @@ async fn serve(
         eviction_grace: settings.direct_serve_ttl,
         hot_bytes: settings.hot_cache_size,
         hot_max_object: settings.hot_cache_max_object,
+        owned_prefixes: settings
+            .ecosystems
+            .iter()
+            .map(|p| match p {
+                Planned::Enabled(spec) => spec.name.to_owned(),
+                Planned::Disabled { name, .. } => (*name).to_owned(),
+            })
+            .collect(),
         ..CacheSettings::default()
     };
     let cache = Cache::open(storage, Arc::new(index), cache_settings)

@@ -12,6 +12,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::entry::{ArtifactEntry, ArtifactSpec, Document, from_unix_secs, unix_secs};
+use backon::{ExponentialBuilder, Retryable};
+
 use crate::evict::{EvictionPolicy, LruPolicy};
 use crate::metric_names as m;
 use crate::{CacheError, FailureKind, FetchFailure, Index, IndexRecord};
@@ -51,6 +53,11 @@ pub struct CacheSettings {
     pub hot_bytes: u64,
     /// The largest artifact kept in that memory.
     pub hot_max_object: u64,
+    /// First key segments that are proxyd's (its instances' names): reconciliation deletes
+    /// objects under them that no entry knows.
+    pub owned_prefixes: Vec<String>,
+    /// How old an unknown object must be before reconciliation deletes it.
+    pub orphan_age: Duration,
 }
 
 impl Default for CacheSettings {
@@ -63,6 +70,8 @@ impl Default for CacheSettings {
             eviction_grace: Duration::ZERO,
             hot_bytes: 64 * 1024 * 1024,
             hot_max_object: 64 * 1024,
+            owned_prefixes: Vec::new(),
+            orphan_age: Duration::from_secs(600),
         }
     }
 }
@@ -174,6 +183,8 @@ pub struct Cache {
     total_bytes: AtomicU64,
     evicted_bytes: AtomicU64,
     policy: Box<dyn EvictionPolicy>,
+    /// Committed entries whose index row could not be written yet.
+    unrecorded: Mutex<Vec<Arc<ArtifactEntry>>>,
     /// Small artifacts' bytes, with the digest of the entry they belong to.
     hot: moka::sync::Cache<ObjectKey, ([u8; 32], Bytes)>,
     /// Evicted entries whose objects are deleted after the grace period.
@@ -261,6 +272,7 @@ impl Cache {
             total_bytes: AtomicU64::new(total),
             evicted_bytes: AtomicU64::new(0),
             policy: Box::new(LruPolicy::new(max_size)),
+            unrecorded: Mutex::new(Vec::new()),
             hot: moka::sync::Cache::builder()
                 .max_capacity(hot_bytes.max(1))
                 .weigher(|_: &ObjectKey, (_, bytes): &([u8; 32], Bytes)| {
@@ -381,6 +393,24 @@ impl Cache {
 
     /// Write pending hit counts and access times to the index.
     pub async fn flush(&self) -> Result<(), CacheError> {
+        let unrecorded =
+            std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        for (n, entry) in unrecorded.iter().enumerate() {
+            // Evicted or forgotten meanwhile: nothing to record.
+            if self
+                .lookup(&entry.key)
+                .is_none_or(|e| !Arc::ptr_eq(&e, entry))
+            {
+                continue;
+            }
+            if let Err(err) = self.index.upsert(entry_to_record(entry)).await {
+                self.unrecorded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(unrecorded[n..].iter().cloned());
+                return Err(err);
+            }
+        }
         let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
         if dirty.is_empty() {
             return Ok(());
@@ -420,15 +450,14 @@ impl Cache {
         }
     }
 
-    /// List storage and drop every index entry whose object is gone.
-    pub async fn verify_storage(&self) -> Result<usize, CacheError> {
-        let present: std::collections::HashSet<ObjectKey> = self
-            .storage
-            .list("")
-            .await?
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
+    /// List storage: drop every index entry whose object is gone, and delete objects under
+    /// proxyd's own prefixes that no entry knows (an index write lost to a crash), once they are
+    /// older than `orphan_age` (younger ones may be commits in progress). Returns the entries
+    /// dropped and the orphans deleted.
+    pub async fn verify_storage(&self) -> Result<(usize, usize), CacheError> {
+        let listed = self.storage.list("").await?;
+        let present: std::collections::HashSet<&ObjectKey> =
+            listed.iter().map(|m| &m.key).collect();
         let missing: Vec<ObjectKey> = self
             .entries
             .read()
@@ -450,7 +479,36 @@ impl Cache {
                 dropped += 1;
             }
         }
-        Ok(dropped)
+        let now = SystemTime::now();
+        let owned = |key: &ObjectKey| {
+            let first = key.as_str().split('/').next().unwrap_or("");
+            self.settings.owned_prefixes.iter().any(|p| p == first)
+        };
+        let mut orphans = 0;
+        for meta in &listed {
+            let old_enough = meta
+                .last_modified
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= self.settings.orphan_age);
+            let in_flight = self
+                .flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&meta.key);
+            if !owned(&meta.key) || !old_enough || in_flight || self.lookup(&meta.key).is_some() {
+                continue;
+            }
+            match self.storage.delete(&meta.key).await {
+                Ok(()) => {
+                    orphans += 1;
+                    tracing::warn!(key = %meta.key, size = meta.size, "deleted an object no index entry knows");
+                }
+                Err(err) => {
+                    tracing::error!(key = %meta.key, error = %err, "could not delete an orphan object")
+                }
+            }
+        }
+        Ok((dropped, orphans))
     }
 
     /// Run flushing and verification in the background until `shutdown` fires; flush once
@@ -472,8 +530,8 @@ impl Cache {
                         }
                     }
                     _ = verify.tick() => match cache.verify_storage().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::warn!(dropped = n, "dropped index entries whose objects vanished"),
+                        Ok((0, 0)) => {}
+                        Ok((dropped, orphans)) => tracing::warn!(dropped, orphans, "reconciled the index with storage"),
                         Err(err) => tracing::error!(error = %err, "could not verify storage"),
                     },
                     _ = shutdown.changed() => break,
@@ -908,10 +966,22 @@ impl Cache {
             dirty: AtomicBool::new(false),
             rendered: OnceLock::new(),
         });
-        if let Err(err) = self.index.upsert(entry_to_record(&entry)).await {
-            // Storage has the object; the entry lives in memory and is written again on the
-            // next flush of its hits. Serving goes on.
-            tracing::error!(key = %spec.key, error = %err, "could not write the index entry");
+        let record = || entry_to_record(&entry);
+        let written = (|| async { self.index.upsert(record()).await })
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_times(2),
+            )
+            .await;
+        if let Err(err) = written {
+            // Storage has the object and memory counts it; the row is written again at each
+            // flush until the index takes it, so the object is never left uncounted.
+            tracing::error!(key = %spec.key, error = %err, "could not write the index entry; it is retried at each flush");
+            self.unrecorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(entry.clone());
         }
         let old = self
             .entries

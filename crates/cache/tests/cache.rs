@@ -337,7 +337,7 @@ async fn hits_are_batched_into_the_index_and_missing_objects_are_forgotten() {
     assert_eq!((stats.hits, stats.misses), (3, 1));
 
     s.storage.delete(&entry.key).await.unwrap();
-    assert_eq!(s.cache.verify_storage().await.unwrap(), 1);
+    assert_eq!(s.cache.verify_storage().await.unwrap(), (1, 0));
     assert!(s.cache.lookup(&entry.key).is_none());
     assert!(s.index.load_all().await.unwrap().is_empty());
 }
@@ -500,4 +500,137 @@ async fn small_artifacts_are_served_from_memory_after_the_first_hit() {
     // Once the entry is forgotten, nothing is served from memory for it.
     s.cache.forget(&small.key).await;
     assert!(s.cache.small_body(&small).await.unwrap_err().is_not_found());
+}
+
+/// An index whose writes fail while `failing` is set.
+#[derive(Debug)]
+struct FlakyIndex {
+    inner: SqliteIndex,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Index for FlakyIndex {
+    async fn load_all(&self) -> Result<Vec<proxyd_cache::IndexRecord>, CacheError> {
+        self.inner.load_all().await
+    }
+    async fn upsert(&self, record: proxyd_cache::IndexRecord) -> Result<(), CacheError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(CacheError::Index("database is locked".into()));
+        }
+        self.inner.upsert(record).await
+    }
+    async fn remove(&self, keys: Vec<String>) -> Result<(), CacheError> {
+        self.inner.remove(keys).await
+    }
+    async fn record_access(&self, batch: Vec<(String, u64, u64)>) -> Result<(), CacheError> {
+        self.inner.record_access(batch).await
+    }
+    async fn document(&self, key: String) -> Result<Option<proxyd_cache::Document>, CacheError> {
+        self.inner.document(key).await
+    }
+    async fn put_document(
+        &self,
+        key: String,
+        document: proxyd_cache::Document,
+    ) -> Result<(), CacheError> {
+        self.inner.put_document(key, document).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_index_write_is_retried_until_the_index_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path().join("a")).await.unwrap());
+    let index = Arc::new(FlakyIndex {
+        inner: SqliteIndex::open(&dir.path().join("index.db")).unwrap(),
+        failing: std::sync::atomic::AtomicBool::new(true),
+    });
+    let cache = Cache::open(storage.clone(), index.clone(), CacheSettings::default())
+        .await
+        .unwrap();
+    let data = pattern(1_000, 8);
+    let source = {
+        let data = data.clone();
+        async move {
+            Ok(UpstreamBody {
+                content_length: None,
+                body: body(data, 100),
+            })
+        }
+    };
+    let fetched = cache
+        .fetch(spec("unrecorded", &data), source)
+        .await
+        .unwrap();
+    assert_eq!(drain(fetched, &storage).await.unwrap(), data);
+    assert!(
+        cache.lookup(&spec("unrecorded", &data).key).is_some(),
+        "served and counted"
+    );
+    assert_eq!(cache.stats().cached_artifacts, 1);
+    assert!(index.load_all().await.unwrap().is_empty());
+    assert!(
+        cache.flush().await.is_err(),
+        "still failing: kept for the next flush"
+    );
+    index.failing.store(false, Ordering::SeqCst);
+    cache.flush().await.unwrap();
+    let records = index.load_all().await.unwrap();
+    assert_eq!(
+        records.len(),
+        1,
+        "the row is written once the index takes it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_deletes_objects_no_entry_knows_under_proxyds_prefixes() {
+    let s = setup(CacheSettings {
+        owned_prefixes: vec!["npm".into()],
+        orphan_age: Duration::ZERO,
+        ..CacheSettings::default()
+    })
+    .await;
+    let known = pattern(100, 1);
+    let source = {
+        let data = known.clone();
+        async move {
+            Ok(UpstreamBody {
+                content_length: None,
+                body: body(data, 10),
+            })
+        }
+    };
+    drain(
+        s.cache.fetch(spec("known", &known), source).await.unwrap(),
+        &s.storage,
+    )
+    .await
+    .unwrap();
+    for key in ["npm/orphan/-/orphan-1.0.0.tgz", "operator/notes.txt"] {
+        s.storage
+            .put(
+                &ObjectKey::new(key).unwrap(),
+                body(pattern(50, 2), 10),
+                proxyd_storage_core::PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.cache.verify_storage().await.unwrap(), (0, 1));
+    let mut keys: Vec<String> = s
+        .storage
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key.to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["npm/known/-/known-1.0.0.tgz", "operator/notes.txt"],
+        "the orphan under npm/ went; the known object and a key outside proxyd's stayed"
+    );
 }
