@@ -455,9 +455,43 @@ impl Cache {
     /// older than `orphan_age` (younger ones may be commits in progress). Returns the entries
     /// dropped and the orphans deleted.
     pub async fn verify_storage(&self) -> Result<(usize, usize), CacheError> {
-        let listed = self.storage.list("").await?;
-        let present: std::collections::HashSet<&ObjectKey> =
-            listed.iter().map(|m| &m.key).collect();
+        let now = SystemTime::now();
+        let owned = |key: &ObjectKey| {
+            let first = key.as_str().split('/').next().unwrap_or("");
+            self.settings.owned_prefixes.iter().any(|p| p == first)
+        };
+        // The listing streams page by page; only the keys of known entries are remembered.
+        let mut listing = self.storage.list("");
+        let mut present: std::collections::HashSet<ObjectKey> = std::collections::HashSet::new();
+        let mut orphans = 0;
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            if self.lookup(&meta.key).is_some() {
+                present.insert(meta.key);
+                continue;
+            }
+            let old_enough = meta
+                .last_modified
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= self.settings.orphan_age);
+            let in_flight = self
+                .flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&meta.key);
+            if !owned(&meta.key) || !old_enough || in_flight {
+                continue;
+            }
+            match self.storage.delete(&meta.key).await {
+                Ok(()) => {
+                    orphans += 1;
+                    tracing::warn!(key = %meta.key, size = meta.size, "deleted an object no index entry knows");
+                }
+                Err(err) => {
+                    tracing::error!(key = %meta.key, error = %err, "could not delete an orphan object")
+                }
+            }
+        }
         let missing: Vec<ObjectKey> = self
             .entries
             .read()
@@ -477,35 +511,6 @@ impl Cache {
             {
                 self.forget(&key).await;
                 dropped += 1;
-            }
-        }
-        let now = SystemTime::now();
-        let owned = |key: &ObjectKey| {
-            let first = key.as_str().split('/').next().unwrap_or("");
-            self.settings.owned_prefixes.iter().any(|p| p == first)
-        };
-        let mut orphans = 0;
-        for meta in &listed {
-            let old_enough = meta
-                .last_modified
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age >= self.settings.orphan_age);
-            let in_flight = self
-                .flights
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&meta.key);
-            if !owned(&meta.key) || !old_enough || in_flight || self.lookup(&meta.key).is_some() {
-                continue;
-            }
-            match self.storage.delete(&meta.key).await {
-                Ok(()) => {
-                    orphans += 1;
-                    tracing::warn!(key = %meta.key, size = meta.size, "deleted an object no index entry knows");
-                }
-                Err(err) => {
-                    tracing::error!(key = %meta.key, error = %err, "could not delete an orphan object")
-                }
             }
         }
         Ok((dropped, orphans))

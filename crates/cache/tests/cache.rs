@@ -130,7 +130,10 @@ async fn digest_mismatch_commits_nothing_and_fails_the_body() {
     assert!(err.to_string().contains("does not match"), "{err}");
     assert!(s.cache.lookup(&spec("bad", &data).key).is_none());
     assert!(
-        s.storage.list("").await.unwrap().is_empty(),
+        proxyd_storage_core::list_all(&*s.storage, "")
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing stored"
     );
     assert!(
@@ -171,7 +174,12 @@ async fn broken_and_short_downloads_commit_nothing() {
         err.to_string().contains("40000 bytes of the 50000"),
         "{err}"
     );
-    assert!(s.storage.list("").await.unwrap().is_empty());
+    assert!(
+        proxyd_storage_core::list_all(&*s.storage, "")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.cache.lookup(&short_key).is_none());
 }
 
@@ -249,8 +257,7 @@ async fn eviction_removes_least_recently_used() {
 /// The keys in storage once there are `expected` of them (or after 5 s).
 async fn stored_keys(storage: &Arc<dyn Storage>, expected: usize) -> Vec<String> {
     for _ in 0..100 {
-        let keys: Vec<String> = storage
-            .list("")
+        let keys: Vec<String> = proxyd_storage_core::list_all(&**storage, "")
             .await
             .unwrap()
             .into_iter()
@@ -619,9 +626,7 @@ async fn reconciliation_deletes_objects_no_entry_knows_under_proxyds_prefixes() 
             .unwrap();
     }
     assert_eq!(s.cache.verify_storage().await.unwrap(), (0, 1));
-    let mut keys: Vec<String> = s
-        .storage
-        .list("")
+    let mut keys: Vec<String> = proxyd_storage_core::list_all(&*s.storage, "")
         .await
         .unwrap()
         .into_iter()

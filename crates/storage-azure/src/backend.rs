@@ -11,8 +11,8 @@ use azure_storage_blobs::prelude::{BlobClient, BlockId, ClientBuilder, Container
 use futures::{StreamExt, TryStreamExt};
 use proxyd_storage_core::{
     ByteStream, Error, ErrorKind, GetResult, MAX_PRESIGN_TTL_ANY, ObjectKey, ObjectMeta,
-    PartReader, PresignSupport, PresignedUrl, PutOptions, PutResult, ResponseOverrides, Result,
-    Signer, Storage, validate_ttl,
+    ObjectStream, PartReader, PresignSupport, PresignedUrl, PutOptions, PutResult,
+    ResponseOverrides, Result, Signer, Storage, validate_ttl,
 };
 use time::OffsetDateTime;
 
@@ -401,32 +401,39 @@ impl Storage for AzureStorage {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        ObjectKey::validate_prefix(prefix)?;
-        let mut pages = self
+    fn list(&self, prefix: &str) -> ObjectStream {
+        if let Err(err) = ObjectKey::validate_prefix(prefix) {
+            return Box::pin(futures::stream::once(async move { Err(err) }));
+        }
+        let pages = self
             .inner
             .container
             .list_blobs()
             .prefix(prefix.to_owned())
             .into_stream();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| map_error("list", None, e))?;
-            for blob in page.blobs.blobs() {
-                let Ok(key) = ObjectKey::new(blob.name.clone()) else {
-                    continue;
-                };
-                let props = &blob.properties;
-                out.push(ObjectMeta {
-                    key,
-                    size: props.content_length,
-                    content_type: non_empty(&props.content_type),
-                    etag: Some(props.etag.to_string()),
-                    last_modified: Some(system_time(props.last_modified)),
-                });
-            }
-        }
-        Ok(out)
+        Box::pin(
+            pages
+                .map(|page| {
+                    let page = page.map_err(|e| map_error("list", None, e))?;
+                    let metas: Vec<Result<ObjectMeta>> = page
+                        .blobs
+                        .blobs()
+                        .filter_map(|blob| {
+                            let key = ObjectKey::new(blob.name.clone()).ok()?;
+                            let props = &blob.properties;
+                            Some(Ok(ObjectMeta {
+                                key,
+                                size: props.content_length,
+                                content_type: non_empty(&props.content_type),
+                                etag: Some(props.etag.to_string()),
+                                last_modified: Some(system_time(props.last_modified)),
+                            }))
+                        })
+                        .collect();
+                    Ok::<_, Error>(futures::stream::iter(metas))
+                })
+                .try_flatten(),
+        )
     }
 }
 

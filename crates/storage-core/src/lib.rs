@@ -11,7 +11,9 @@ mod stream;
 pub use base_url::validate_public_base_url;
 pub use error::{Error, ErrorKind, Result};
 pub use key::ObjectKey;
-pub use object::{ByteStream, GetResult, ObjectMeta, PutOptions, PutResult, Storage};
+pub use object::{
+    ByteStream, GetResult, ObjectMeta, ObjectStream, PutOptions, PutResult, Storage, list_all,
+};
 pub use redact::redact_signed_url;
 pub use signer::{
     MAX_PRESIGN_TTL_ANY, MIN_PRESIGN_TTL, PresignSupport, PresignedUrl, ResponseOverrides, Signer,

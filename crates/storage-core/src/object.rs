@@ -13,6 +13,15 @@ use crate::{ObjectKey, Result, Signer};
 /// reads one commits nothing.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + 'static>>;
 
+/// A listing, page by page as the backend gives it: never held whole in memory.
+pub type ObjectStream = Pin<Box<dyn Stream<Item = Result<ObjectMeta>> + Send + 'static>>;
+
+/// A listing collected into memory (for tests and small prefixes).
+pub async fn list_all(store: &dyn Storage, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    use futures::TryStreamExt;
+    store.list(prefix).try_collect().await
+}
+
 /// What a stored object looks like without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -105,6 +114,7 @@ pub trait Storage: Signer {
     async fn delete(&self, key: &ObjectKey) -> Result<()>;
 
     /// Every object whose key starts with `prefix` (see [`ObjectKey::validate_prefix`]), with
-    /// sizes; used to measure usage and reconcile the cache index.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// sizes, as a stream read page by page (an invalid prefix is the stream's one error); used
+    /// to reconcile the cache index without holding the bucket in memory.
+    fn list(&self, prefix: &str) -> ObjectStream;
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use futures::StreamExt;
 use proxyd_storage_core::{
-    ByteStream, Error, ErrorKind, GetResult, ObjectKey, ObjectMeta, PartReader, PresignSupport,
+    ByteStream, Error, GetResult, ObjectKey, ObjectMeta, ObjectStream, PartReader, PresignSupport,
     PutOptions, PutResult, Result, Signer, Storage,
 };
 use tokio::sync::Mutex;
@@ -406,24 +406,37 @@ impl Storage for FsStorage {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        ObjectKey::validate_prefix(prefix)?;
+    fn list(&self, prefix: &str) -> ObjectStream {
+        if let Err(err) = ObjectKey::validate_prefix(prefix) {
+            return Box::pin(futures::stream::once(async move { Err(err) }));
+        }
         let root = self.inner.root.clone();
         let prefix = prefix.to_owned();
-        // A directory walk is blocking work; keep it off the async workers.
-        tokio::task::spawn_blocking(move || walk(&root, &prefix))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Unexpected, "list", e.to_string()))?
+        // A directory walk is blocking work: it runs off the async workers and hands entries
+        // over a short channel, so the listing is never held whole.
+        let (tx, rx) = tokio::sync::mpsc::channel(LIST_BATCH);
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = walk(&root, &prefix, &mut |meta| {
+                tx.blocking_send(Ok(meta)).is_ok()
+            }) {
+                let _ = tx.blocking_send(Err(err));
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 }
 
-fn walk(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
+/// Listed entries handed over at once from the walking thread.
+const LIST_BATCH: usize = 256;
+
+/// Walk the directories under `root` that `prefix` names, giving each object to `found`, which
+/// answers whether to go on.
+fn walk(root: &Path, prefix: &str, found: &mut dyn FnMut(ObjectMeta) -> bool) -> Result<()> {
     // Start from the deepest directory the prefix names entirely.
     let start_rel = match prefix.rfind('/') {
         Some(i) => &prefix[..i],
         None => "",
     };
-    let mut out = Vec::new();
     let mut stack = vec![(root.join(start_rel), start_rel.to_owned())];
     while let Some((dir, rel)) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
@@ -452,16 +465,18 @@ fn walk(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
                     continue;
                 };
                 let md = entry.metadata()?;
-                out.push(ObjectMeta {
+                let meta = ObjectMeta {
                     key,
                     size: md.len(),
                     content_type: None,
                     etag: None,
                     last_modified: md.modified().ok().or(Some(SystemTime::UNIX_EPOCH)),
-                });
+                };
+                if !found(meta) {
+                    return Ok(()); // the reader went away
+                }
             }
         }
     }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(out)
+    Ok(())
 }

@@ -11,10 +11,10 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use proxyd_storage_core::{
-    ByteStream, Error, ErrorKind, GetResult, ObjectKey, ObjectMeta, PartReader, PutOptions,
-    PutResult, Result, Storage,
+    ByteStream, Error, ErrorKind, GetResult, ObjectKey, ObjectMeta, ObjectStream, PartReader,
+    PutOptions, PutResult, Result, Storage,
 };
 use tokio_util::io::ReaderStream;
 
@@ -369,34 +369,45 @@ impl Storage for S3Storage {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        ObjectKey::validate_prefix(prefix)?;
-        let inner = &self.inner;
-        let mut pages = inner
+    fn list(&self, prefix: &str) -> ObjectStream {
+        if let Err(err) = ObjectKey::validate_prefix(prefix) {
+            return Box::pin(futures::stream::once(async move { Err(err) }));
+        }
+        let inner = self.inner.clone();
+        let pages = inner
             .client
             .list_objects_v2()
             .bucket(&inner.bucket)
             .prefix(prefix)
             .into_paginator()
             .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| map_sdk_error("list", None, e))?;
-            for object in page.contents() {
-                // Objects proxyd did not write may not be valid keys; they are not ours.
-                let Some(Ok(key)) = object.key().map(ObjectKey::new) else {
-                    continue;
-                };
-                out.push(ObjectMeta {
-                    key,
-                    size: object.size().unwrap_or_default().max(0) as u64,
-                    content_type: None,
-                    etag: object.e_tag().map(str::to_owned),
-                    last_modified: to_system_time(object.last_modified()),
-                });
-            }
-        }
-        Ok(out)
+        let pages = futures::stream::unfold(pages, |mut pages| async move {
+            let page = pages.next().await?;
+            Some((page, pages))
+        });
+        Box::pin(
+            pages
+                .map(|page| {
+                    let page = page.map_err(|e| map_sdk_error("list", None, e))?;
+                    let metas: Vec<Result<ObjectMeta>> = page
+                        .contents()
+                        .iter()
+                        .filter_map(|object| {
+                            // Objects proxyd did not write may not be valid keys; not ours.
+                            let key = ObjectKey::new(object.key()?).ok()?;
+                            Some(Ok(ObjectMeta {
+                                key,
+                                size: object.size().unwrap_or_default().max(0) as u64,
+                                content_type: None,
+                                etag: object.e_tag().map(str::to_owned),
+                                last_modified: to_system_time(object.last_modified()),
+                            }))
+                        })
+                        .collect();
+                    Ok::<_, Error>(futures::stream::iter(metas))
+                })
+                .try_flatten(),
+        )
     }
 }
 

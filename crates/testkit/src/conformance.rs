@@ -203,7 +203,12 @@ pub async fn delete_removes(store: &dyn Storage) {
         store.head(&k).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
-    assert!(store.list(&format!("{p}/")).await.unwrap().is_empty());
+    assert!(
+        proxyd_storage_core::list_all(store, &format!("{p}/"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn list_by_prefix(store: &dyn Storage) {
@@ -222,7 +227,9 @@ pub async fn list_by_prefix(store: &dyn Storage) {
             .await
             .unwrap();
     }
-    let all = store.list(&format!("{p}/")).await.unwrap();
+    let all = proxyd_storage_core::list_all(store, &format!("{p}/"))
+        .await
+        .unwrap();
     let mut got: Vec<_> = all
         .iter()
         .map(|m| (m.key.as_str().to_owned(), m.size))
@@ -236,12 +243,19 @@ pub async fn list_by_prefix(store: &dyn Storage) {
             (format!("{p}/pypi/x/x.whl"), 30)
         ]
     );
-    let npm = store.list(&format!("{p}/npm/")).await.unwrap();
+    let npm = proxyd_storage_core::list_all(store, &format!("{p}/npm/"))
+        .await
+        .unwrap();
     assert_eq!(npm.len(), 2);
-    let partial = store.list(&format!("{p}/npm/a")).await.unwrap();
+    let partial = proxyd_storage_core::list_all(store, &format!("{p}/npm/a"))
+        .await
+        .unwrap();
     assert_eq!(partial.len(), 1, "a prefix may end inside a segment");
     assert_eq!(
-        store.list("../").await.unwrap_err().kind(),
+        proxyd_storage_core::list_all(store, "../")
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidInput
     );
 }
@@ -258,7 +272,10 @@ pub async fn failed_put_leaves_nothing(store: &dyn Storage) {
         ErrorKind::NotFound
     );
     assert!(
-        store.list(&format!("{p}/")).await.unwrap().is_empty(),
+        proxyd_storage_core::list_all(store, &format!("{p}/"))
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing visible is left"
     );
 }
@@ -295,7 +312,12 @@ pub async fn dropped_put_leaves_nothing(store: &dyn Storage) {
         store.head(&k).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
-    assert!(store.list(&format!("{p}/")).await.unwrap().is_empty());
+    assert!(
+        proxyd_storage_core::list_all(store, &format!("{p}/"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn large_object(store: &dyn Storage) {
@@ -359,7 +381,10 @@ pub async fn invalid_keys_refused(store: &dyn Storage) {
         );
     }
     assert_eq!(
-        store.list("/").await.unwrap_err().kind(),
+        proxyd_storage_core::list_all(store, "/")
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidInput
     );
 }
