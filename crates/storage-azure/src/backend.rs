@@ -5,13 +5,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use azure_core::StatusCode;
 use azure_core::error::ErrorKind as AzureKind;
+use azure_core::request_options::IfMatchCondition;
 use azure_storage::{CloudLocation, StorageCredentials};
 use azure_storage_blobs::blob::{BlobBlockType, BlockList};
 use azure_storage_blobs::prelude::{BlobClient, BlockId, ClientBuilder, ContainerClient};
 use futures::{StreamExt, TryStreamExt};
 use proxyd_storage_core::{
     ByteStream, Error, ErrorKind, GetResult, MAX_PRESIGN_TTL_ANY, ObjectKey, ObjectMeta,
-    ObjectStream, PartReader, PresignSupport, PresignedUrl, PutOptions, PutResult,
+    ObjectStream, PartReader, PresignSupport, PresignedUrl, PutMode, PutOptions, PutResult,
     ResponseOverrides, Result, Signer, Storage, validate_ttl,
 };
 use time::OffsetDateTime;
@@ -56,6 +57,8 @@ fn map_error(op: &'static str, key: Option<&str>, err: azure_core::Error) -> Err
                 StatusCode::NotFound => ErrorKind::NotFound,
                 StatusCode::Forbidden | StatusCode::Unauthorized => ErrorKind::PermissionDenied,
                 StatusCode::RequestedRangeNotSatisfiable => ErrorKind::InvalidInput,
+                StatusCode::PreconditionFailed => ErrorKind::AlreadyExists,
+                StatusCode::Conflict if code == "BlobAlreadyExists" => ErrorKind::AlreadyExists,
                 StatusCode::TooManyRequests | StatusCode::RequestTimeout => ErrorKind::Temporary,
                 s if u16::from(s) >= 500 => ErrorKind::Temporary,
                 StatusCode::BadRequest => ErrorKind::InvalidInput,
@@ -172,6 +175,7 @@ impl AzureStorage {
         reader: &mut PartReader,
         first: bytes::Bytes,
         content_type: Option<String>,
+        create_only: bool,
     ) -> Result<Option<String>> {
         let blob = self.blob(key);
         // Block ids unique to this put: concurrent puts of one key must not stage over each
@@ -196,6 +200,9 @@ impl AzureStorage {
         let mut commit = blob.put_block_list(BlockList { blocks });
         if let Some(ct) = content_type {
             commit = commit.content_type(ct);
+        }
+        if create_only {
+            commit = commit.if_match(IfMatchCondition::NotMatch("*".into()));
         }
         let done = commit
             .await
@@ -290,6 +297,7 @@ impl Storage for AzureStorage {
         options: PutOptions,
     ) -> Result<PutResult> {
         let block_size = self.inner.config.block_size;
+        let create_only = options.mode == PutMode::Create;
         let mut reader = PartReader::new(body);
         let first = reader
             .next_part(block_size)
@@ -302,12 +310,16 @@ impl Storage for AzureStorage {
             if let Some(ct) = options.content_type {
                 put = put.content_type(ct);
             }
+            if create_only {
+                // Azure refuses the write (409 or 412) when the blob exists, atomically.
+                put = put.if_match(IfMatchCondition::NotMatch("*".into()));
+            }
             let done = put
                 .await
                 .map_err(|e| map_error("put", Some(key.as_str()), e))?;
             Some(done.etag.to_string())
         } else {
-            self.put_blocks(key, &mut reader, first, options.content_type)
+            self.put_blocks(key, &mut reader, first, options.content_type, create_only)
                 .await?
         };
         Ok(reader.put_result(etag))

@@ -12,6 +12,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The request itself is wrong (bad key, bad range, bad TTL, bad configuration value).
     InvalidInput,
+    /// A create-only put found the key already there.
+    AlreadyExists,
     /// A failure that may succeed when retried (network, throttling, 5xx).
     Temporary,
     /// Anything else; a bug or an answer the backend did not expect.
@@ -25,6 +27,7 @@ impl ErrorKind {
             Self::Unsupported => "unsupported",
             Self::PermissionDenied => "permission denied",
             Self::InvalidInput => "invalid input",
+            Self::AlreadyExists => "already exists",
             Self::Temporary => "temporary failure",
             Self::Unexpected => "unexpected failure",
         }

@@ -12,7 +12,8 @@ pub use base_url::validate_public_base_url;
 pub use error::{Error, ErrorKind, Result};
 pub use key::ObjectKey;
 pub use object::{
-    ByteStream, GetResult, ObjectMeta, ObjectStream, PutOptions, PutResult, Storage, list_all,
+    ByteStream, GetResult, ObjectMeta, ObjectStream, PutMode, PutOptions, PutResult, Storage,
+    list_all,
 };
 pub use redact::redact_signed_url;
 pub use signer::{

@@ -44,6 +44,19 @@ pub struct ObjectMeta {
 pub struct PutOptions {
     /// Content type stored with the object.
     pub content_type: Option<String>,
+    /// Replace an existing object, or only create one.
+    pub mode: PutMode,
+}
+
+/// What a put does when the key is already there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace it (the last complete put wins).
+    #[default]
+    Overwrite,
+    /// Refuse with [`crate::ErrorKind::AlreadyExists`], atomically in the backend (filesystem
+    /// link-or-fail, S3 and Azure `If-None-Match: *`): of several concurrent creates, one wins.
+    Create,
 }
 
 impl PutOptions {
@@ -51,7 +64,14 @@ impl PutOptions {
     pub fn with_content_type(content_type: impl Into<String>) -> Self {
         Self {
             content_type: Some(content_type.into()),
+            mode: PutMode::Overwrite,
         }
+    }
+
+    /// The same options, creating only.
+    pub fn create_only(mut self) -> Self {
+        self.mode = PutMode::Create;
+        self
     }
 }
 

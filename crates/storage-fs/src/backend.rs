@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use futures::StreamExt;
 use proxyd_storage_core::{
-    ByteStream, Error, GetResult, ObjectKey, ObjectMeta, ObjectStream, PartReader, PresignSupport,
-    PutOptions, PutResult, Result, Signer, Storage,
+    ByteStream, Error, ErrorKind, GetResult, ObjectKey, ObjectMeta, ObjectStream, PartReader,
+    PresignSupport, PutMode, PutOptions, PutResult, Result, Signer, Storage,
 };
 use tokio::sync::Mutex;
 
@@ -272,7 +272,7 @@ impl Storage for FsStorage {
         let sha_hex = hex::encode(digest.sha256);
 
         let sidecar = Sidecar {
-            content_type: options.content_type,
+            content_type: options.content_type.clone(),
             sha256: Some(sha_hex.clone()),
         };
         let meta_tmp = temp_path(&data, "metatmp");
@@ -283,14 +283,35 @@ impl Storage for FsStorage {
 
         {
             let _held = self.lock_for(key).lock().await;
-            tokio::fs::rename(&meta_tmp, sidecar_path(&data))
-                .await
-                .map_err(op_err("put", key))?;
-            meta_guard.0 = None;
-            tokio::fs::rename(&tmp, &data)
-                .await
-                .map_err(op_err("put", key))?;
-            guard.0 = None;
+            if options.mode == PutMode::Create {
+                // Link-or-fail: atomic even against another process; the temporary files go
+                // with their guards.
+                match tokio::fs::hard_link(&tmp, &data).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Err(Error::new(
+                            ErrorKind::AlreadyExists,
+                            "put",
+                            "the key exists and the put was create-only",
+                        )
+                        .with_key(key.as_str()));
+                    }
+                    Err(e) => return Err(op_err("put", key)(e)),
+                }
+                tokio::fs::rename(&meta_tmp, sidecar_path(&data))
+                    .await
+                    .map_err(op_err("put", key))?;
+                meta_guard.0 = None;
+            } else {
+                tokio::fs::rename(&meta_tmp, sidecar_path(&data))
+                    .await
+                    .map_err(op_err("put", key))?;
+                meta_guard.0 = None;
+                tokio::fs::rename(&tmp, &data)
+                    .await
+                    .map_err(op_err("put", key))?;
+                guard.0 = None;
+            }
             self.remember_sidecar(key, sidecar);
         }
         sync_dir(&dir).await.map_err(op_err("put", key))?;

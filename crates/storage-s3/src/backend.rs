@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures::{StreamExt, TryStreamExt};
 use proxyd_storage_core::{
     ByteStream, Error, ErrorKind, GetResult, ObjectKey, ObjectMeta, ObjectStream, PartReader,
-    PutOptions, PutResult, Result, Storage,
+    PutMode, PutOptions, PutResult, Result, Storage,
 };
 use tokio_util::io::ReaderStream;
 
@@ -142,6 +142,7 @@ impl S3Storage {
         reader: &mut PartReader,
         first: bytes::Bytes,
         content_type: Option<String>,
+        if_none_match: Option<String>,
     ) -> Result<Option<String>> {
         let inner = &self.inner;
         let created = inner
@@ -195,6 +196,7 @@ impl S3Storage {
             .bucket(&inner.bucket)
             .key(key.as_str())
             .upload_id(&upload_id)
+            .set_if_none_match(if_none_match)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -260,6 +262,8 @@ impl Storage for S3Storage {
         options: PutOptions,
     ) -> Result<PutResult> {
         let inner = &self.inner;
+        // Create-only: S3 refuses the write (412) when the key exists, atomically.
+        let if_none_match = (options.mode == PutMode::Create).then(|| "*".to_owned());
         let mut reader = PartReader::new(body);
         let first = reader
             .next_part(inner.part_size)
@@ -274,6 +278,7 @@ impl Storage for S3Storage {
                 .bucket(&inner.bucket)
                 .key(key.as_str())
                 .set_content_type(options.content_type)
+                .set_if_none_match(if_none_match)
                 .content_length(first.len() as i64)
                 .body(SdkBody::from(first))
                 .send()
@@ -281,7 +286,7 @@ impl Storage for S3Storage {
                 .map_err(|e| map_sdk_error("put", Some(key.as_str()), e))?
                 .e_tag
         } else {
-            self.put_multipart(key, &mut reader, first, options.content_type)
+            self.put_multipart(key, &mut reader, first, options.content_type, if_none_match)
                 .await?
         };
         Ok(reader.put_result(etag))

@@ -24,6 +24,9 @@ where
                     ErrorKind::PermissionDenied
                 }
                 (Some(416), _) | (_, "InvalidRange") => ErrorKind::InvalidInput,
+                (Some(412), _) | (_, "PreconditionFailed" | "ConditionalRequestConflict") => {
+                    ErrorKind::AlreadyExists
+                }
                 (Some(429), _) | (_, "SlowDown" | "RequestTimeout") => ErrorKind::Temporary,
                 (Some(s), _) if s >= 500 => ErrorKind::Temporary,
                 (Some(400), _) => ErrorKind::InvalidInput,

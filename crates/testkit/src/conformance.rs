@@ -27,7 +27,8 @@ macro_rules! conformance_tests {
             put_get_roundtrip, range_reads, missing_objects, delete_removes, list_by_prefix,
             failed_put_leaves_nothing, failed_put_keeps_previous, dropped_put_leaves_nothing,
             large_object, concurrent_puts_one_key, empty_object, invalid_keys_refused,
-            presign_matches_support, presign_expired_refused, presign_ttl_validated);
+            presign_matches_support, presign_expired_refused, presign_ttl_validated,
+            create_only_puts_never_overwrite);
     };
     (@cases $setup:path; $($name:ident),* $(,)?) => {
         $(
@@ -359,6 +360,42 @@ pub async fn concurrent_puts_one_key(store: &dyn Storage) {
     );
     let head = store.head(&k).await.unwrap();
     assert_eq!(head.size, got.len() as u64);
+}
+
+/// A create-only put refuses an existing key with `AlreadyExists` and leaves it as it was, for
+/// small bodies (one-shot put) and large ones (multipart or block-list commit, both
+/// conditional). Of concurrent create-only puts of one key, exactly one wins: checked on
+/// one-shot puts, since s3s-fs checks `If-None-Match` on multipart completes but not atomically
+/// when they race (S3 itself does).
+pub async fn create_only_puts_never_overwrite(store: &dyn Storage) {
+    let create = || PutOptions::default().create_only();
+    for size in [1_000, 9 * 1024 * 1024] {
+        let p = unique_prefix();
+        let k = key(&p, "created.tgz");
+        let first = pattern(size, 21);
+        store
+            .put(&k, body(first.clone(), 64 * 1024), create())
+            .await
+            .unwrap();
+        let err = store
+            .put(&k, body(pattern(size, 22), 64 * 1024), create())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        assert!(get_all(store, &k).await == first, "the first body stays");
+        if size > 1_000 {
+            continue;
+        }
+        let race = key(&p, "raced.tgz");
+        let puts =
+            (0..4u8).map(|i| store.put(&race, body(pattern(size, 30 + i), 64 * 1024), create()));
+        let results = futures::future::join_all(puts).await;
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "exactly one create wins: {results:?}");
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(r.kind(), ErrorKind::AlreadyExists, "{r}");
+        }
+    }
 }
 
 pub async fn empty_object(store: &dyn Storage) {
