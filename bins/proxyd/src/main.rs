@@ -134,6 +134,17 @@ fn run(flags: &Flags, env: &HashMap<String, String>) -> std::process::ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // Every connection holds a descriptor: take the hard limit, not the soft default.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            tracing::info!(
+                limit,
+                max_connections = settings.max_connections,
+                "open file limit"
+            );
+        }
+        Err(err) => tracing::warn!(error = %err, "could not raise the open file limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
@@ -300,7 +311,11 @@ async fn serve(
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = shutdown_tx.send(true);
     });
-    proxyd_http_front::serve(front, listener, shutdown_rx, DRAIN).await;
+    let limits = proxyd_http_front::ServerLimits {
+        header_read_timeout: settings.header_read_timeout,
+        max_connections: settings.max_connections,
+    };
+    proxyd_http_front::serve(front, listener, shutdown_rx, DRAIN, limits).await;
     let _ = background.await;
     tracing::info!("stopped");
     Ok(())

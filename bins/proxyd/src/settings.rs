@@ -37,6 +37,8 @@ pub(crate) struct Settings {
     pub(crate) database_path: PathBuf,
     pub(crate) metadata_ttl: Duration,
     pub(crate) metadata_cache_size: u64,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
     /// Every ecosystem instance, enabled or not.
@@ -90,6 +92,8 @@ const SCALAR_KEYS: &[&str] = &[
     "storage.hot_cache_size",
     "storage.hot_cache_max_object",
     "database.path",
+    "server.header_read_timeout",
+    "server.max_connections",
     "upstream.ca_file",
     "upstream.allowed_hosts",
     "metadata_ttl",
@@ -454,6 +458,23 @@ pub(crate) fn load(
     let mt_raw = parse("metadata_ttl", &mut problems);
     let metadata_ttl = duration("metadata_ttl", mt_raw, "5m", &mut problems);
     let metadata_cache_size = size("metadata_cache_size", 256_000_000, &mut problems);
+    let hrt_raw = parse("server.header_read_timeout", &mut problems);
+    let header_read_timeout = duration("server.header_read_timeout", hrt_raw, "10s", &mut problems);
+    if header_read_timeout.is_zero() {
+        problems.push("server.header_read_timeout: must be at least 1s".into());
+    }
+    let max_connections = match parse("server.max_connections", &mut problems) {
+        None => 4096,
+        Some(raw) => match raw.trim().parse::<usize>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => n,
+            _ => {
+                problems.push(format!(
+                    "server.max_connections: {raw:?} is not a number from 1 to 1000000"
+                ));
+                1
+            }
+        },
+    };
     let log_level = parse("log.level", &mut problems).unwrap_or_else(|| "info".into());
     let log_format = match parse("log.format", &mut problems).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -547,6 +568,8 @@ pub(crate) fn load(
             database_path,
             metadata_ttl,
             metadata_cache_size,
+            header_read_timeout,
+            max_connections,
             log_level,
             log_format,
             ecosystems,
@@ -603,6 +626,11 @@ impl Settings {
             format!("database.path = {}", self.database_path.display()),
             format!("metadata_ttl = {}s", self.metadata_ttl.as_secs()),
             format!("metadata_cache_size = {} bytes", self.metadata_cache_size),
+            format!(
+                "server.header_read_timeout = {}s",
+                self.header_read_timeout.as_secs()
+            ),
+            format!("server.max_connections = {}", self.max_connections),
             format!("log.level = {}", self.log_level),
             format!("log.format = {:?}", self.log_format).to_lowercase(),
         ];

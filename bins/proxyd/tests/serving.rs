@@ -587,3 +587,52 @@ async fn tls_upstreams_are_trusted_through_the_system_store_or_ca_file() {
         assert_eq!(body, tarball);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_cannot_hold_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = "server:\n  header_read_timeout: 1s\n  max_connections: 20\n";
+    let proxyd = ProxydProcess::start(BIN, config, &[]);
+    let addr = proxyd.url().trim_start_matches("http://").to_owned();
+    // Twenty clients that never finish their headers (a byte every 300 ms), and twenty that
+    // connect and say nothing: together more than the cap.
+    let mut hostile = Vec::new();
+    for n in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        hostile.push(tokio::spawn(async move {
+            if n % 2 == 0 {
+                let _ = stream.write_all(b"GET /health HTTP/1.1\r\n").await;
+                for _ in 0..30 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if stream.write_all(b"X").await.is_err() {
+                        break;
+                    }
+                }
+            }
+            // proxyd closes it (EOF, a 408, or a reset), long before the client would stop.
+            let mut buf = [0u8; 256];
+            let closed = tokio::time::timeout(Duration::from_secs(8), async {
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            closed.is_ok()
+        }));
+    }
+    // A normal client is still answered.
+    let answered = tokio::time::timeout(
+        Duration::from_secs(8),
+        client().get(format!("{}/health", proxyd.url())).send(),
+    )
+    .await
+    .expect("a normal client is answered while hostile ones hold connections")
+    .unwrap();
+    assert_eq!(answered.status(), 200);
+    for closed in futures::future::join_all(hostile).await {
+        assert!(closed.unwrap(), "proxyd closed the hostile connection");
+    }
+}

@@ -6,4 +6,4 @@ mod front;
 mod server;
 
 pub use front::{DirectServeSettings, DisabledMount, Front, FrontSettings, MetricsRender};
-pub use server::serve;
+pub use server::{ServerLimits, serve};

@@ -3,13 +3,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Front;
+
+/// What one client may hold of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may wait idle for its next request.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// How often a failing `accept` is logged at most.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Serve `front` on `listener` until `shutdown` turns true; then stop accepting and wait up to
 /// `drain` for in-flight requests.
@@ -18,21 +40,41 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    limits: ServerLimits,
 ) {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut accept_failures: (Option<std::time::Instant>, u64) = (None, 0);
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
     // Without half-close, hyper probes the socket for EOF while each request is in flight,
     // which makes it allocate a fresh read buffer per request (the old one is still shared
     // with the request's head). A client that hangs up is still noticed when we write.
     builder.http1().half_close(true);
     loop {
+        // At the connection cap, further clients wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _peer) = match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
-                        // Out of file descriptors and the like: pause instead of spinning.
-                        tracing::warn!(error = %err, "accept failed");
+                        // Out of file descriptors and the like: pause instead of spinning, and
+                        // say so once per interval, not once per attempt.
+                        accept_failures.1 += 1;
+                        if accept_failures.0.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_INTERVAL) {
+                            tracing::warn!(error = %err, failures = accept_failures.1, "accept failed");
+                            accept_failures = (Some(std::time::Instant::now()), 0);
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -43,12 +85,22 @@ pub async fn serve(
                     let front = front.clone();
                     async move { Ok::<_, Infallible>(front.handle(request).await) }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                let first_byte_wait = limits.header_read_timeout;
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(err) = connection.await {
+                    // hyper's header timeout starts at the first byte; a client that connects
+                    // and says nothing is given the same time, then dropped.
+                    let mut first = [0u8; 1];
+                    if tokio::time::timeout(first_byte_wait, stream.peek(&mut first)).await.is_err() {
+                        tracing::debug!("closed a connection that sent nothing");
+                        return;
+                    }
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(err) = watcher.watch(connection).await {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             _ = shutdown.changed() => break,
