@@ -636,3 +636,63 @@ async fn slow_and_idle_clients_cannot_hold_the_server() {
         assert!(closed.unwrap(), "proxyd closed the hostile connection");
     }
 }
+
+/// The hidden temporary files of puts under `dir`.
+fn temporary_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with('.') && (name.contains(".tmp-") || name.contains(".metatmp-"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_download_leaves_nothing_after_restart() {
+    let pkg = Package::new("crashing", "1.0.0").padded(2_000_000);
+    let (registry, mut proxyd) = start(std::slice::from_ref(&pkg), "").await;
+    registry.set_fault(&NpmRegistry::tarball_path(&pkg), Fault::StallMidBody);
+    let url = tarball_url(&proxyd, &pkg);
+    let download = tokio::spawn(async move { client().get(&url).send().await });
+    let mut leftovers = Vec::new();
+    for _ in 0..100 {
+        leftovers = temporary_files(&proxyd.artifacts_dir());
+        if !leftovers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!leftovers.is_empty(), "the download is being written");
+    proxyd.kill(); // SIGKILL in the middle of the put
+    download.abort();
+    assert!(
+        leftovers.iter().all(|p| p.exists()),
+        "a crash leaves its temporary file"
+    );
+    registry.set_fault(
+        &NpmRegistry::tarball_path(&pkg),
+        Fault::Delay(Duration::ZERO),
+    );
+    proxyd.restart();
+    assert!(
+        temporary_files(&proxyd.artifacts_dir()).is_empty(),
+        "start-up removed what the crash left"
+    );
+    assert!(
+        !proxyd
+            .artifacts_dir()
+            .join("npm/crashing/-/crashing-1.0.0.tgz")
+            .exists(),
+        "no partial object"
+    );
+    let body = client()
+        .get(tarball_url(&proxyd, &pkg))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, registry.tarball(&pkg));
+}

@@ -58,6 +58,9 @@ pub struct CacheSettings {
     pub owned_prefixes: Vec<String>,
     /// How old an unknown object must be before reconciliation deletes it.
     pub orphan_age: Duration,
+    /// How old a leftover of an interrupted put (of whatever process) must be before it is
+    /// removed; those of processes gone are removed at once where the backend can tell.
+    pub interrupted_age: Duration,
 }
 
 impl Default for CacheSettings {
@@ -72,6 +75,7 @@ impl Default for CacheSettings {
             hot_max_object: 64 * 1024,
             owned_prefixes: Vec::new(),
             orphan_age: Duration::from_secs(600),
+            interrupted_age: Duration::from_secs(3600),
         }
     }
 }
@@ -295,8 +299,27 @@ impl Cache {
             cache.evict(victims);
         }
         tokio::spawn(delete_evicted(Arc::downgrade(&cache), evicted_rx, grace));
+        cache.remove_interrupted().await;
         cache.publish_gauges();
         Ok(cache)
+    }
+
+    /// Remove what puts interrupted by a crash left in storage (logged, never fatal).
+    async fn remove_interrupted(&self) {
+        match self
+            .storage
+            .remove_interrupted(self.settings.interrupted_age)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                removed = n,
+                "removed what interrupted writes left in storage"
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, "could not remove what interrupted writes left")
+            }
+        }
     }
 
     /// The storage backend.
@@ -455,6 +478,7 @@ impl Cache {
     /// older than `orphan_age` (younger ones may be commits in progress). Returns the entries
     /// dropped and the orphans deleted.
     pub async fn verify_storage(&self) -> Result<(usize, usize), CacheError> {
+        self.remove_interrupted().await;
         let now = SystemTime::now();
         let owned = |key: &ObjectKey| {
             let first = key.as_str().split('/').next().unwrap_or("");

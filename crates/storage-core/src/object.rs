@@ -133,6 +133,15 @@ pub trait Storage: Signer {
     /// Remove `key`; an absent key is not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<()>;
 
+    /// Remove what interrupted puts of earlier processes left behind (temporary files), and
+    /// anything of the kind older than `older_than` where the backend cannot tell whose it is.
+    /// Returns how many were removed. Backends whose service expires such leftovers itself
+    /// (S3 with a lifecycle rule, Azure's uncommitted blocks) remove nothing.
+    async fn remove_interrupted(&self, older_than: std::time::Duration) -> Result<u64> {
+        let _ = older_than;
+        Ok(0)
+    }
+
     /// Every object whose key starts with `prefix` (see [`ObjectKey::validate_prefix`]), with
     /// sizes, as a stream read page by page (an invalid prefix is the stream's one error); used
     /// to reconcile the cache index without holding the bucket in memory.

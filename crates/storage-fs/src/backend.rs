@@ -131,7 +131,70 @@ fn temp_path(data: &Path, what: &str) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let nonce: u64 = rand::random();
-    data.with_file_name(format!(".{name}.{what}-{nonce:016x}"))
+    let pid = std::process::id();
+    data.with_file_name(format!(".{name}.{what}-p{pid}-{nonce:016x}"))
+}
+
+/// Whether `file_name` is a temporary file of a put, and whether this process wrote it (an
+/// older name without the writer's id counts as another's).
+fn temp_owner(file_name: &str) -> Option<bool> {
+    if !file_name.starts_with('.') {
+        return None;
+    }
+    let (_, tail) = file_name
+        .rsplit_once(".tmp-")
+        .or_else(|| file_name.rsplit_once(".metatmp-"))?;
+    // `p{pid}-{nonce}` (or only `{nonce}` from before the writer's id was kept): exactly that,
+    // so a sidecar or an artifact whose name merely contains ".tmp-" is never taken for one.
+    let (pid, nonce) = match tail.strip_prefix('p').and_then(|t| t.split_once('-')) {
+        Some((pid, nonce)) => (pid.parse::<u32>().ok(), nonce),
+        None => (None, tail),
+    };
+    if nonce.len() != 16 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(pid == Some(std::process::id()))
+}
+
+/// Remove the temporary files under `root` that another process left (it was killed in the
+/// middle of a put), or older than `older_than` whoever wrote them.
+fn remove_leftovers(root: &Path, older_than: std::time::Duration) -> std::io::Result<u64> {
+    let now = SystemTime::now();
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(ours) = temp_owner(&name) else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= older_than);
+            if !ours || old {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes a temporary file unless disarmed, so a failed or dropped put leaves nothing.
@@ -427,6 +490,14 @@ impl Storage for FsStorage {
         Ok(())
     }
 
+    async fn remove_interrupted(&self, older_than: std::time::Duration) -> Result<u64> {
+        let root = self.inner.root.clone();
+        tokio::task::spawn_blocking(move || remove_leftovers(&root, older_than))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Unexpected, "clean", e.to_string()))?
+            .map_err(Error::from)
+    }
+
     fn list(&self, prefix: &str) -> ObjectStream {
         if let Err(err) = ObjectKey::validate_prefix(prefix) {
             return Box::pin(futures::stream::once(async move { Err(err) }));
@@ -500,4 +571,27 @@ fn walk(root: &Path, prefix: &str, found: &mut dyn FnMut(ObjectMeta) -> bool) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_files_of_other_processes_are_leftovers() {
+        let ours = temp_path(Path::new("/x/a-1.0.0.tgz"), "tmp");
+        let ours = ours.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(temp_owner(&ours), Some(true));
+        assert_eq!(
+            temp_owner(".a-1.0.0.tgz.tmp-p1-00000000000000ff"),
+            Some(false)
+        );
+        assert_eq!(
+            temp_owner(".a-1.0.0.tgz.metatmp-00000000000000ff"),
+            Some(false)
+        );
+        assert_eq!(temp_owner("a-1.0.0.tgz"), None);
+        assert_eq!(temp_owner(".a-1.0.0.tgz.meta"), None);
+        assert_eq!(temp_owner(".x.tmp-release.tgz.meta"), None);
+    }
 }

@@ -14,6 +14,8 @@ pub struct ProxydProcess {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    bin: String,
+    env: Vec<(String, String)>,
 }
 
 impl ProxydProcess {
@@ -36,35 +38,66 @@ impl ProxydProcess {
         yaml.push_str(config);
         let config_path = dir.path().join("proxyd.yaml");
         std::fs::write(&config_path, yaml).unwrap();
-        let log = std::fs::File::create(dir.path().join("proxyd.log")).unwrap();
-        let mut cmd = Command::new(bin);
+        let mut process = Self {
+            child: None,
+            port,
+            dir,
+            bin: bin.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        };
+        process.spawn();
+        process
+    }
+
+    /// Start the binary on this process's settings and data, and wait until it listens.
+    fn spawn(&mut self) {
+        let config_path = self.dir.path().join("proxyd.yaml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("proxyd.log"))
+            .unwrap();
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
             .env("PROXYD_LOG_LEVEL", "info,proxyd_http_front=debug")
             // Keep the AWS chain away from the developer's own files and from instance metadata.
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", dir.path().join("no-aws-config"))
+            .env("AWS_CONFIG_FILE", self.dir.path().join("no-aws-config"))
             .env(
                 "AWS_SHARED_CREDENTIALS_FILE",
-                dir.path().join("no-aws-credentials"),
+                self.dir.path().join("no-aws-credentials"),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        for (k, v) in env {
+        for (k, v) in &self.env {
             cmd.env(k, v);
         }
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start proxyd ({bin}): {e}"));
-        let mut process = Self {
-            child: Some(child),
-            port,
-            dir,
-        };
-        process.wait_ready();
-        process
+            .unwrap_or_else(|e| panic!("cannot start proxyd ({}): {e}", self.bin));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// SIGKILL, as a crash would: nothing is flushed or cleaned up. The data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same settings, data and port (after [`ProxydProcess::kill`] or
+    /// [`ProxydProcess::stop`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill it first");
+        self.spawn();
     }
 
     fn wait_ready(&mut self) {
