@@ -696,3 +696,56 @@ async fn a_crash_mid_download_leaves_nothing_after_restart() {
         .unwrap();
     assert_eq!(body, registry.tarball(&pkg));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_not_failed_while_storage_is_down() {
+    let s3 = proxyd_testkit::emulators::S3sFs::start();
+    s3.create_bucket("artifacts");
+    let gate =
+        proxyd_testkit::forward::TcpForwarder::start(([127, 0, 0, 1], s3.port()).into()).await;
+    let config = format!(
+        "storage:\n  url: \"s3://artifacts?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n",
+        gate.base_url()
+    );
+    let env = [
+        (
+            "AWS_ACCESS_KEY_ID",
+            proxyd_testkit::emulators::S3sFs::ACCESS_KEY.to_owned(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            proxyd_testkit::emulators::S3sFs::SECRET_KEY.to_owned(),
+        ),
+    ];
+    let proxyd = ProxydProcess::start(BIN, &config, &env);
+    let health = || async {
+        let resp = reqwest::get(format!("{}/health", proxyd.url()))
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, body) = health().await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ok")),
+        "{body}"
+    );
+    gate.set_down(true);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (status, body) = health().await;
+    assert_eq!(status, 200, "a load balancer keeps a degraded node: {body}");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["storage"]["status"], "error");
+    assert_eq!(body["checks"]["database"]["status"], "ok");
+    gate.set_down(false);
+    let mut healed = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if health().await.1["status"] == "ok" {
+            healed = true;
+            break;
+        }
+    }
+    assert!(healed, "back to ok by itself when storage returns");
+}
