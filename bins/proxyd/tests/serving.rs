@@ -749,3 +749,64 @@ async fn health_is_degraded_not_failed_while_storage_is_down() {
     }
     assert!(healed, "back to ok by itself when storage returns");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_outage_turns_proxyd_into_a_plain_proxy() {
+    let pkg = Package::new("outage", "1.0.0").padded(300_000);
+    let registry = NpmRegistry::start(std::slice::from_ref(&pkg)).await;
+    let s3 = proxyd_testkit::emulators::S3sFs::start();
+    s3.create_bucket("artifacts");
+    let gate =
+        proxyd_testkit::forward::TcpForwarder::start(([127, 0, 0, 1], s3.port()).into()).await;
+    let config = format!(
+        "storage:\n  url: \"s3://artifacts?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\nupstream:\n  npm: {}\n",
+        gate.base_url(),
+        registry.url()
+    );
+    let env = [
+        (
+            "AWS_ACCESS_KEY_ID",
+            proxyd_testkit::emulators::S3sFs::ACCESS_KEY.to_owned(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            proxyd_testkit::emulators::S3sFs::SECRET_KEY.to_owned(),
+        ),
+    ];
+    let proxyd = ProxydProcess::start(BIN, &config, &env);
+    let url = tarball_url(&proxyd, &pkg);
+    let get = || async {
+        let resp = client().get(&url).send().await.unwrap();
+        (resp.status().as_u16(), resp.bytes().await)
+    };
+    // A miss while storage is down: served from the upstream, whole, not cached.
+    gate.set_down(true);
+    let (status, body) = get().await;
+    assert_eq!(status, 200);
+    assert_eq!(body.unwrap(), registry.tarball(&pkg));
+    assert_eq!(proxyd.stats().await["cached_artifacts"], 0);
+    // Storage back: the next request caches it.
+    gate.set_down(false);
+    let (_, body) = get().await;
+    assert_eq!(body.unwrap(), registry.tarball(&pkg));
+    assert_eq!(proxyd.stats().await["cached_artifacts"], 1);
+    // A hit while storage is down: its object cannot be read, so the upstream serves it.
+    gate.set_down(true);
+    let (status, body) = get().await;
+    assert_eq!(status, 200);
+    assert_eq!(body.unwrap(), registry.tarball(&pkg));
+    assert_eq!(registry.hits(&NpmRegistry::tarball_path(&pkg)), 3);
+    let m = proxyd.metrics().await;
+    assert!(
+        metric(&m, "proxyd_storage_bypass_total", &[("ecosystem", "npm")]) >= 2.0,
+        "{m}"
+    );
+    assert_eq!(
+        proxyd
+            .log()
+            .matches("downloads are served from the upstream without caching")
+            .count(),
+        1,
+        "logged once"
+    );
+}

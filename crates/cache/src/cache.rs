@@ -189,6 +189,8 @@ pub struct Cache {
     policy: Box<dyn EvictionPolicy>,
     /// Committed entries whose index row could not be written yet.
     unrecorded: Mutex<Vec<Arc<ArtifactEntry>>>,
+    /// Whether serving around a storage failure was logged already.
+    bypass_logged: AtomicBool,
     /// Small artifacts' bytes, with the digest of the entry they belong to.
     hot: moka::sync::Cache<ObjectKey, ([u8; 32], Bytes)>,
     /// Evicted entries whose objects are deleted after the grace period.
@@ -277,6 +279,7 @@ impl Cache {
             evicted_bytes: AtomicU64::new(0),
             policy: Box::new(LruPolicy::new(max_size)),
             unrecorded: Mutex::new(Vec::new()),
+            bypass_logged: AtomicBool::new(false),
             hot: moka::sync::Cache::builder()
                 .max_capacity(hot_bytes.max(1))
                 .weigher(|_: &ObjectKey, (_, bytes): &([u8; 32], Bytes)| {
@@ -660,7 +663,15 @@ impl Cache {
             }
         };
         let done = match joined {
-            Err(rx) => return self.wait_for(spec.ecosystem, rx).await,
+            Err(rx) => {
+                return match self.wait_for(spec.ecosystem, rx).await {
+                    // The fetch could not be stored: this request fetches for itself, uncached.
+                    Err(CacheError::Fetch(f)) if f.kind == FailureKind::Storage => {
+                        self.pass_through(spec, source).await
+                    }
+                    other => other,
+                };
+            }
             Ok(tx) => FlightGuard {
                 cache: self.clone(),
                 key: spec.key.clone(),
@@ -893,6 +904,9 @@ impl Cache {
         // committed, so a bad download never looks complete.
         let mut held: Option<Bytes> = None;
         let mut failure: Option<FetchFailure> = None;
+        // Storage that cannot take the bytes stops only the storing: live readers still get
+        // the verified upstream bytes (proxyd as a plain proxy while storage is down).
+        let mut storing = true;
         while let Some(chunk) = upstream.body.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
@@ -907,8 +921,8 @@ impl Cache {
             if let Some(v) = verifier.as_mut() {
                 v.update(&chunk);
             }
-            if store_tx.send(Ok(chunk.clone())).await.is_err() {
-                break; // storage gave up; its error is reported below
+            if storing && store_tx.send(Ok(chunk.clone())).await.is_err() {
+                storing = false; // storage gave up; its error is reported below
             }
             if let Some(previous) = held.replace(chunk) {
                 // No reader left is fine: the fetch completes for the cache.
@@ -967,12 +981,118 @@ impl Cache {
                 }
                 let _ = live.send(Piece::Done);
             }
+            Err(f) if f.kind == FailureKind::Storage => {
+                // Verified, not stored: the live readers get it whole all the same.
+                self.count_bypass(spec.ecosystem, &f.message);
+                if let Some(last) = held {
+                    let _ = live.send(Piece::Data(last));
+                }
+                let _ = live.send(Piece::Done);
+            }
             Err(f) => {
                 tracing::warn!(key = %spec.key, url = %spec.upstream_url, error = %f.message, "artifact not cached");
                 let _ = live.send(Piece::Failed(f.message.clone()));
             }
         }
         done.finish(result);
+    }
+
+    /// Count (and log once per cause) a download served without storing it.
+    fn count_bypass(&self, ecosystem: &'static str, cause: &str) {
+        metrics::counter!(m::STORAGE_BYPASS_TOTAL, "ecosystem" => ecosystem).increment(1);
+        if !self.bypass_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                cause,
+                "storage is failing: downloads are served from the upstream without caching (logged once)"
+            );
+        }
+    }
+
+    /// Serve an artifact straight from the upstream without storing it, for when storage is
+    /// down: still verified, its last chunk held back until it is, never a clean short body.
+    pub async fn pass_through<F>(
+        &self,
+        mut spec: ArtifactSpec,
+        source: F,
+    ) -> Result<Fetched, CacheError>
+    where
+        F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send + 'static,
+    {
+        self.count_bypass(spec.ecosystem, "pass-through");
+        metrics::counter!(m::UPSTREAM_REQUESTS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
+            .increment(1);
+        let upstream = source.await?;
+        struct Pass {
+            body: ByteStream,
+            verifier: Option<Box<dyn crate::Verifier>>,
+            expected: Option<u64>,
+            received: u64,
+            held: Option<Bytes>,
+            filename: String,
+            ended: bool,
+        }
+        let start = Pass {
+            body: upstream.body,
+            verifier: spec.verifier.take(),
+            expected: upstream.content_length,
+            received: 0,
+            held: None,
+            filename: spec.filename.clone(),
+            ended: false,
+        };
+        let body = futures::stream::unfold(start, |mut p| async move {
+            if p.ended {
+                return None;
+            }
+            loop {
+                match p.body.next().await {
+                    Some(Ok(chunk)) => {
+                        p.received += chunk.len() as u64;
+                        if let Some(v) = p.verifier.as_mut() {
+                            v.update(&chunk);
+                        }
+                        if let Some(previous) = p.held.replace(chunk) {
+                            return Some((Ok(previous), p));
+                        }
+                    }
+                    Some(Err(err)) => {
+                        p.ended = true;
+                        let err =
+                            std::io::Error::other(format!("upstream download broke off: {err}"));
+                        return Some((Err(err), p));
+                    }
+                    None => {
+                        p.ended = true;
+                        let short = p.expected.is_some_and(|e| e != p.received);
+                        let verdict = p.verifier.take().map_or(Ok(()), |v| v.finish());
+                        return match (short, verdict) {
+                            (true, _) => Some((
+                                Err(std::io::Error::other(
+                                    "upstream sent fewer bytes than it announced",
+                                )),
+                                p,
+                            )),
+                            (false, Err(reason)) => {
+                                let err = std::io::Error::other(format!(
+                                    "upstream file {} {reason}",
+                                    p.filename
+                                ));
+                                Some((Err(err), p))
+                            }
+                            (false, Ok(())) => {
+                                let last = p.held.take()?;
+                                Some((Ok(last), p))
+                            }
+                        };
+                    }
+                }
+            }
+        });
+        Ok(Fetched::Streaming {
+            content_length: upstream.content_length,
+            content_type: spec.content_type.clone(),
+            body: body.boxed(),
+        })
     }
 
     async fn commit(&self, spec: &ArtifactSpec, size: u64, sha256: [u8; 32]) -> Arc<ArtifactEntry> {

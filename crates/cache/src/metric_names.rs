@@ -28,3 +28,6 @@ pub const COALESCED_FETCHES_TOTAL: &str = "proxyd_coalesced_fetches_total";
 pub const FETCH_WAITS_TOTAL: &str = "proxyd_fetch_waits_total";
 /// Counter: readers of a fetch in progress that fell behind it and continued from storage.
 pub const SLOW_READERS_TOTAL: &str = "proxyd_slow_readers_total";
+/// Counter, label `ecosystem`: downloads served from the upstream without caching because
+/// storage failed.
+pub const STORAGE_BYPASS_TOTAL: &str = "proxyd_storage_bypass_total";

@@ -131,6 +131,31 @@ fn is_fresh(entry: &ArtifactEntry, rule: FreshnessRule) -> bool {
     }
 }
 
+/// The response for bytes that arrive as they are fetched (a miss, or storage bypassed).
+fn streaming_response(asker: Asker<'_>, fetched: Fetched, filename: &str) -> Response<Body> {
+    let Fetched::Streaming {
+        content_length,
+        content_type,
+        body: stream,
+    } = fetched
+    else {
+        return body::error(502, "expected a download in progress");
+    };
+    let mut response = Response::new(if asker.method == Method::HEAD {
+        // The download goes on in the background (and is cached when storage allows).
+        body::empty()
+    } else {
+        body::stream(stream)
+    });
+    let h = response.headers_mut();
+    set(h, header::CONTENT_TYPE, &content_type);
+    set(h, header::CONTENT_DISPOSITION, &disposition(filename));
+    if let Some(len) = content_length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    response
+}
+
 /// Who is asking: the instance's label and whether it wants redirects.
 #[derive(Clone, Copy)]
 pub(crate) struct Asker<'a> {
@@ -197,27 +222,8 @@ impl Front {
             Err(failure) => (Err(CacheError::Fetch(failure)), String::new()),
         };
         match fetched {
-            (
-                Ok(Fetched::Streaming {
-                    content_length,
-                    content_type,
-                    body: stream,
-                }),
-                filename,
-            ) => {
-                let mut response = Response::new(if asker.method == Method::HEAD {
-                    // The download goes on in the background and is cached.
-                    body::empty()
-                } else {
-                    body::stream(stream)
-                });
-                let h = response.headers_mut();
-                set(h, header::CONTENT_TYPE, &content_type);
-                set(h, header::CONTENT_DISPOSITION, &disposition(&filename));
-                if let Some(len) = content_length {
-                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                }
-                response
+            (Ok(fetched @ Fetched::Streaming { .. }), filename) => {
+                streaming_response(asker, fetched, &filename)
             }
             (Ok(Fetched::Cached(entry)), _) => match self.serve_cached(asker, &entry).await {
                 Ok(response) => response,
@@ -249,7 +255,21 @@ impl Front {
                 self.cache.forget(&entry.key).await;
                 Box::pin(self.serve_miss(asker, resolve, None)).await
             }
-            Err(err) => body::error(503, &format!("storage failed: {err}")),
+            Err(err) => {
+                // Storage is failing: this one comes from the upstream, verified, uncached.
+                tracing::debug!(key = %entry.key, error = %err, "cached object unreadable; serving from the upstream");
+                let fetched = match resolve().await {
+                    Ok(Fetch { spec, source }) => {
+                        let filename = spec.filename.clone();
+                        (self.cache.pass_through(spec, source).await, filename)
+                    }
+                    Err(failure) => (Err(CacheError::Fetch(failure)), String::new()),
+                };
+                match fetched {
+                    (Ok(fetched), filename) => streaming_response(asker, fetched, &filename),
+                    (Err(_), _) => body::error(503, &format!("storage failed: {err}")),
+                }
+            }
         }
     }
 
