@@ -697,27 +697,35 @@ async fn a_crash_mid_download_leaves_nothing_after_restart() {
     assert_eq!(body, registry.tarball(&pkg));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_is_degraded_not_failed_while_storage_is_down() {
-    let s3 = proxyd_testkit::emulators::S3sFs::start();
+/// proxyd on S3 (s3s-fs) reached through a forwarder that can take it down, with `extra`
+/// settings.
+async fn behind_a_gate(
+    extra: &str,
+) -> (
+    proxyd_testkit::emulators::S3sFs,
+    proxyd_testkit::forward::TcpForwarder,
+    ProxydProcess,
+) {
+    use proxyd_testkit::emulators::S3sFs;
+    let s3 = S3sFs::start();
     s3.create_bucket("artifacts");
     let gate =
         proxyd_testkit::forward::TcpForwarder::start(([127, 0, 0, 1], s3.port()).into()).await;
     let config = format!(
-        "storage:\n  url: \"s3://artifacts?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n",
+        "storage:\n  url: \"s3://artifacts?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n{extra}",
         gate.base_url()
     );
     let env = [
-        (
-            "AWS_ACCESS_KEY_ID",
-            proxyd_testkit::emulators::S3sFs::ACCESS_KEY.to_owned(),
-        ),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            proxyd_testkit::emulators::S3sFs::SECRET_KEY.to_owned(),
-        ),
+        ("AWS_ACCESS_KEY_ID", S3sFs::ACCESS_KEY.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", S3sFs::SECRET_KEY.to_owned()),
     ];
     let proxyd = ProxydProcess::start(BIN, &config, &env);
+    (s3, gate, proxyd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_not_failed_while_storage_is_down() {
+    let (_s3, gate, proxyd) = behind_a_gate("").await;
     let health = || async {
         let resp = reqwest::get(format!("{}/health", proxyd.url()))
             .await
@@ -754,26 +762,8 @@ async fn health_is_degraded_not_failed_while_storage_is_down() {
 async fn a_storage_outage_turns_proxyd_into_a_plain_proxy() {
     let pkg = Package::new("outage", "1.0.0").padded(300_000);
     let registry = NpmRegistry::start(std::slice::from_ref(&pkg)).await;
-    let s3 = proxyd_testkit::emulators::S3sFs::start();
-    s3.create_bucket("artifacts");
-    let gate =
-        proxyd_testkit::forward::TcpForwarder::start(([127, 0, 0, 1], s3.port()).into()).await;
-    let config = format!(
-        "storage:\n  url: \"s3://artifacts?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\nupstream:\n  npm: {}\n",
-        gate.base_url(),
-        registry.url()
-    );
-    let env = [
-        (
-            "AWS_ACCESS_KEY_ID",
-            proxyd_testkit::emulators::S3sFs::ACCESS_KEY.to_owned(),
-        ),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            proxyd_testkit::emulators::S3sFs::SECRET_KEY.to_owned(),
-        ),
-    ];
-    let proxyd = ProxydProcess::start(BIN, &config, &env);
+    let (_s3, gate, proxyd) =
+        behind_a_gate(&format!("upstream:\n  npm: {}\n", registry.url())).await;
     let url = tarball_url(&proxyd, &pkg);
     let get = || async {
         let resp = client().get(&url).send().await.unwrap();

@@ -56,6 +56,21 @@ fn spec(name: &str, data: &[u8]) -> ArtifactSpec {
     }
 }
 
+/// An upstream answering `data` in chunks of `chunk` bytes, announcing its length or not.
+fn upstream(
+    data: &[u8],
+    chunk: usize,
+    announce_length: bool,
+) -> impl Future<Output = Result<UpstreamBody, FetchFailure>> + Send + 'static {
+    let data = data.to_vec();
+    async move {
+        Ok(UpstreamBody {
+            content_length: announce_length.then_some(data.len() as u64),
+            body: body(data, chunk),
+        })
+    }
+}
+
 async fn drain(fetched: Fetched, storage: &Arc<dyn Storage>) -> Result<Vec<u8>, std::io::Error> {
     match fetched {
         Fetched::Streaming { mut body, .. } => {
@@ -202,15 +217,7 @@ async fn upstream_failure_reaches_every_waiter_and_frees_the_key() {
         })
     ));
     // The key is free again: a later fetch runs.
-    let source = {
-        let data = data.clone();
-        async move {
-            Ok(UpstreamBody {
-                content_length: None,
-                body: body(data.clone(), 1),
-            })
-        }
-    };
+    let source = upstream(&data, 1, false);
     let fetched = s.cache.fetch(spec("gone", &data), source).await.unwrap();
     assert_eq!(drain(fetched, &s.storage).await.unwrap(), data);
 }
@@ -224,15 +231,7 @@ async fn eviction_removes_least_recently_used() {
     .await;
     for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
         let data = pattern(100, i as u8);
-        let source = {
-            let data = data.clone();
-            async move {
-                Ok(UpstreamBody {
-                    content_length: None,
-                    body: body(data.clone(), 10),
-                })
-            }
-        };
+        let source = upstream(&data, 10, false);
         let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
         drain(fetched, &s.storage).await.unwrap();
         if name == "b" {
@@ -281,15 +280,7 @@ async fn an_evicted_object_outlives_the_grace_period_of_what_was_handed_out() {
     .await;
     for (i, name) in ["old", "new"].into_iter().enumerate() {
         let data = pattern(100, i as u8);
-        let source = {
-            let data = data.clone();
-            async move {
-                Ok(UpstreamBody {
-                    content_length: None,
-                    body: body(data, 10),
-                })
-            }
-        };
+        let source = upstream(&data, 10, false);
         let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
         drain(fetched, &s.storage).await.unwrap();
     }
@@ -314,15 +305,7 @@ async fn an_evicted_object_outlives_the_grace_period_of_what_was_handed_out() {
 async fn hits_are_batched_into_the_index_and_missing_objects_are_forgotten() {
     let s = setup(CacheSettings::default()).await;
     let data = pattern(10, 9);
-    let source = {
-        let data = data.clone();
-        async move {
-            Ok(UpstreamBody {
-                content_length: None,
-                body: body(data.clone(), 3),
-            })
-        }
-    };
+    let source = upstream(&data, 3, false);
     drain(
         s.cache.fetch(spec("h", &data), source).await.unwrap(),
         &s.storage,
@@ -359,15 +342,7 @@ async fn index_survives_restart() {
         let cache = Cache::open(storage.clone(), index, CacheSettings::default())
             .await
             .unwrap();
-        let source = {
-            let data = data.clone();
-            async move {
-                Ok(UpstreamBody {
-                    content_length: None,
-                    body: body(data.clone(), 8),
-                })
-            }
-        };
+        let source = upstream(&data, 8, false);
         drain(
             cache.fetch(spec("r", &data), source).await.unwrap(),
             &storage,
@@ -393,15 +368,7 @@ async fn a_leader_that_stops_reading_stalls_neither_the_fill_nor_the_waiters() {
     })
     .await;
     let data = pattern(2_000_000, 4);
-    let source = {
-        let data = data.clone();
-        async move {
-            Ok(UpstreamBody {
-                content_length: Some(data.len() as u64),
-                body: body(data, 4096),
-            })
-        }
-    };
+    let source = upstream(&data, 4096, true);
     let leader = s.cache.fetch(spec("stalled", &data), source).await.unwrap();
     let Fetched::Streaming { mut body, .. } = leader else {
         panic!("the first request leads");
@@ -469,15 +436,7 @@ async fn small_artifacts_are_served_from_memory_after_the_first_hit() {
     .await;
     for (name, size) in [("small", 500), ("large", 5_000)] {
         let data = pattern(size, 7);
-        let source = {
-            let data = data.clone();
-            async move {
-                Ok(UpstreamBody {
-                    content_length: None,
-                    body: body(data, 100),
-                })
-            }
-        };
+        let source = upstream(&data, 100, false);
         let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
         drain(fetched, &s.storage).await.unwrap();
     }
@@ -557,15 +516,7 @@ async fn a_failed_index_write_is_retried_until_the_index_takes_it() {
         .await
         .unwrap();
     let data = pattern(1_000, 8);
-    let source = {
-        let data = data.clone();
-        async move {
-            Ok(UpstreamBody {
-                content_length: None,
-                body: body(data, 100),
-            })
-        }
-    };
+    let source = upstream(&data, 100, false);
     let fetched = cache
         .fetch(spec("unrecorded", &data), source)
         .await
@@ -600,15 +551,7 @@ async fn reconciliation_deletes_objects_no_entry_knows_under_proxyds_prefixes() 
     })
     .await;
     let known = pattern(100, 1);
-    let source = {
-        let data = known.clone();
-        async move {
-            Ok(UpstreamBody {
-                content_length: None,
-                body: body(data, 10),
-            })
-        }
-    };
+    let source = upstream(&known, 10, false);
     drain(
         s.cache.fetch(spec("known", &known), source).await.unwrap(),
         &s.storage,
