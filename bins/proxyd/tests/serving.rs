@@ -800,3 +800,50 @@ async fn a_storage_outage_turns_proxyd_into_a_plain_proxy() {
         "logged once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_redirect_to_storage_that_does_not_answer() {
+    let pkg = Package::new("unredirected", "1.0.0").padded(100_000);
+    let registry = NpmRegistry::start(std::slice::from_ref(&pkg)).await;
+    let extra = format!(
+        "  direct_serve: true\nupstream:\n  npm: {}\n",
+        registry.url()
+    );
+    let (_s3, gate, proxyd) = behind_a_gate(&extra).await;
+    let url = tarball_url(&proxyd, &pkg);
+    let get = || async {
+        let resp = client().get(&url).send().await.unwrap();
+        (resp.status().as_u16(), resp.bytes().await.unwrap())
+    };
+    assert_eq!(get().await.0, 200, "the miss");
+    assert_eq!(
+        get().await.0,
+        302,
+        "a hit is redirected while storage answers"
+    );
+    gate.set_down(true);
+    // Within the background probe's period, hits stop being redirected and are served.
+    let mut served = None;
+    for _ in 0..40 {
+        let (status, body) = get().await;
+        if status == 200 {
+            served = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        served.expect("no longer redirected"),
+        registry.tarball(&pkg)
+    );
+    gate.set_down(false);
+    let mut redirected = false;
+    for _ in 0..40 {
+        if get().await.0 == 302 {
+            redirected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(redirected, "redirected again once storage answers");
+}

@@ -191,6 +191,8 @@ pub struct Cache {
     unrecorded: Mutex<Vec<Arc<ArtifactEntry>>>,
     /// Whether serving around a storage failure was logged already.
     bypass_logged: AtomicBool,
+    /// Whether storage answered its last call (a put, a read, or the background probe).
+    storage_ok: AtomicBool,
     /// Small artifacts' bytes, with the digest of the entry they belong to.
     hot: moka::sync::Cache<ObjectKey, ([u8; 32], Bytes)>,
     /// Evicted entries whose objects are deleted after the grace period.
@@ -280,6 +282,7 @@ impl Cache {
             policy: Box::new(LruPolicy::new(max_size)),
             unrecorded: Mutex::new(Vec::new()),
             bypass_logged: AtomicBool::new(false),
+            storage_ok: AtomicBool::new(true),
             hot: moka::sync::Cache::builder()
                 .max_capacity(hot_bytes.max(1))
                 .weigher(|_: &ObjectKey, (_, bytes): &([u8; 32], Bytes)| {
@@ -554,6 +557,7 @@ impl Cache {
             let mut flush = tokio::time::interval(cache.settings.flush_interval);
             let mut verify = tokio::time::interval(cache.settings.verify_interval);
             verify.tick().await; // not at start-up
+            let mut probe = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
                     _ = flush.tick() => {
@@ -566,6 +570,9 @@ impl Cache {
                         Ok((dropped, orphans)) => tracing::warn!(dropped, orphans, "reconciled the index with storage"),
                         Err(err) => tracing::error!(error = %err, "could not verify storage"),
                     },
+                    _ = probe.tick() => {
+                        cache.probe_storage().await;
+                    }
                     _ = shutdown.changed() => break,
                 }
             }
@@ -962,7 +969,10 @@ impl Cache {
             None => {
                 drop(store_tx);
                 match put.await {
-                    Ok(Ok(put)) => Ok(self.commit(&spec, put.size, put.sha256).await),
+                    Ok(Ok(put)) => {
+                        self.note_storage_success();
+                        Ok(self.commit(&spec, put.size, put.sha256).await)
+                    }
                     Ok(Err(err)) => Err(FetchFailure::new(
                         FailureKind::Storage,
                         format!("could not store the artifact: {err}"),
@@ -983,6 +993,7 @@ impl Cache {
             }
             Err(f) if f.kind == FailureKind::Storage => {
                 // Verified, not stored: the live readers get it whole all the same.
+                self.note_storage_failure();
                 self.count_bypass(spec.ecosystem, &f.message);
                 if let Some(last) = held {
                     let _ = live.send(Piece::Data(last));
@@ -995,6 +1006,47 @@ impl Cache {
             }
         }
         done.finish(result);
+    }
+
+    /// Whether storage answered its last call. While it does not, cached downloads should not
+    /// be redirected to it.
+    pub fn storage_ok(&self) -> bool {
+        self.storage_ok.load(Ordering::Relaxed)
+    }
+
+    /// A storage call failed (other than for a missing object).
+    pub fn note_storage_failure(&self) {
+        if self.storage_ok.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "storage is not answering: downloads are served from the upstream and not redirected until it does"
+            );
+        }
+    }
+
+    /// A storage call succeeded.
+    pub fn note_storage_success(&self) {
+        if !self.storage_ok.swap(true, Ordering::Relaxed) {
+            tracing::info!("storage answers again");
+        }
+    }
+
+    /// Ask storage for a probe key (bounded by 3 s) and note whether it answered.
+    pub async fn probe_storage(&self) -> bool {
+        let Ok(key) = ObjectKey::new("health/probe") else {
+            return false;
+        };
+        let answered =
+            match tokio::time::timeout(Duration::from_secs(3), self.storage.head(&key)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => e.is_not_found(),
+                Err(_) => false,
+            };
+        if answered {
+            self.note_storage_success();
+        } else {
+            self.note_storage_failure();
+        }
+        answered
     }
 
     /// Count (and log once per cause) a download served without storing it.

@@ -257,6 +257,7 @@ impl Front {
             }
             Err(err) => {
                 // Storage is failing: this one comes from the upstream, verified, uncached.
+                self.cache.note_storage_failure();
                 tracing::debug!(key = %entry.key, error = %err, "cached object unreadable; serving from the upstream");
                 let fetched = match resolve().await {
                     Ok(Fetch { spec, source }) => {
@@ -291,6 +292,12 @@ impl Front {
         }
         self.cache.record_hit(entry);
         match self.redirect_plan(asker.wants_redirects) {
+            Some(true) if !self.cache.storage_ok() => {
+                // A presigned URL to storage that does not answer helps nobody: stream (from
+                // the upstream, when storage cannot be read either).
+                self.direct_serve_counter(asker.ecosystem, "fallback_error")
+                    .increment(1);
+            }
             Some(true) => {
                 if let Some(response) = self.redirect(asker.ecosystem, entry).await {
                     return Ok(response);

@@ -409,6 +409,11 @@ impl Front {
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("no answer within 3s".into()),
             };
+        if storage.is_ok() {
+            self.cache.note_storage_success();
+        } else {
+            self.cache.note_storage_failure();
+        }
         let ok = storage.is_ok() && database.is_ok();
         let check = |r: &Result<(), String>| match r {
             Ok(()) => serde_json::json!({"status": "ok"}),
