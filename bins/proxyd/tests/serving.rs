@@ -847,3 +847,29 @@ async fn no_redirect_to_storage_that_does_not_answer() {
     }
     assert!(redirected, "redirected again once storage answers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_upstream_body_ends_at_the_deadline_with_nothing_cached() {
+    let pkg = Package::new("endless", "1.0.0");
+    let (registry, proxyd) = start(
+        std::slice::from_ref(&pkg),
+        "ecosystems:\n  npm:\n    upstream_deadline: 2s\n",
+    )
+    .await;
+    registry.set_fault(&NpmRegistry::tarball_path(&pkg), Fault::Endless);
+    let response = client()
+        .get(tarball_url(&proxyd, &pkg))
+        .send()
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(15), response.bytes())
+        .await
+        .expect("the transfer ends");
+    assert!(body.is_err(), "aborted, never a clean body");
+    assert_eq!(proxyd.stats().await["cached_artifacts"], 0);
+    assert!(
+        proxyd.log().contains("took longer than the deadline of 2s"),
+        "{}",
+        proxyd.log()
+    );
+}

@@ -33,6 +33,8 @@ pub enum Fault {
     /// Announce the full length, send half, then send nothing more (the connection stays
     /// open).
     StallMidBody,
+    /// Announce no length and send the body's first kilobyte again and again, forever.
+    Endless,
     /// Answer 200 with the first half of the body, cleanly ended (a document cut short by an
     /// upstream that ends its response without a length).
     Truncated,
@@ -228,6 +230,15 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
             full(StatusCode::OK, bytes)
         }
         Some(Fault::Truncated) => full(StatusCode::OK, body.slice(..body.len() / 2)),
+        Some(Fault::Endless) => {
+            let piece = body.slice(..body.len().min(1024));
+            let chunks = futures::stream::repeat_with(move || Ok(Frame::data(piece.clone())));
+            let paced = futures::StreamExt::then(chunks, |chunk| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                chunk
+            });
+            Response::new(StreamBody::new(paced).boxed_unsync())
+        }
         Some(Fault::StallMidBody) => {
             let half = futures::stream::iter([Ok(Frame::data(body.slice(..body.len() / 2)))]);
             let chunks = futures::StreamExt::chain(half, futures::stream::pending());
