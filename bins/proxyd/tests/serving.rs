@@ -675,10 +675,15 @@ async fn a_crash_mid_download_leaves_nothing_after_restart() {
         Fault::Delay(Duration::ZERO),
     );
     proxyd.restart();
-    assert!(
-        temporary_files(&proxyd.artifacts_dir()).is_empty(),
-        "start-up removed what the crash left"
-    );
+    let mut cleaned = false;
+    for _ in 0..100 {
+        if temporary_files(&proxyd.artifacts_dir()).is_empty() {
+            cleaned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cleaned, "start-up removed what the crash left");
     assert!(
         !proxyd
             .artifacts_dir()

@@ -305,7 +305,14 @@ impl Cache {
             cache.evict(victims);
         }
         tokio::spawn(delete_evicted(Arc::downgrade(&cache), evicted_rx, grace));
-        cache.remove_interrupted().await;
+        // What a crash left behind goes in the background: a walk of a large directory must
+        // not delay start-up.
+        let cleaner = Arc::downgrade(&cache);
+        tokio::spawn(async move {
+            if let Some(cache) = cleaner.upgrade() {
+                cache.remove_interrupted().await;
+            }
+        });
         cache.publish_gauges();
         Ok(cache)
     }
