@@ -291,14 +291,19 @@ impl Cache {
                 .build(),
             evicted: evicted_tx,
         });
-        // The policy learns the kept entries oldest first; what does not fit goes now.
-        let mut by_age: Vec<Arc<ArtifactEntry>> = cache
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        // The policy learns the kept entries oldest first; what does not fit goes now. Without
+        // a size limit there is nothing to learn.
+        let mut by_age: Vec<Arc<ArtifactEntry>> = if max_size.is_none() {
+            Vec::new()
+        } else {
+            cache
+                .entries
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect()
+        };
         by_age.sort_by_key(|e| e.last_access.load(Ordering::Relaxed));
         for entry in by_age {
             let victims = cache.policy.admit(&entry.key, entry.size);

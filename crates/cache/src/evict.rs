@@ -48,15 +48,16 @@ impl LruPolicy {
 
 impl EvictionPolicy for LruPolicy {
     fn admit(&self, key: &ObjectKey, size: u64) -> Vec<(ObjectKey, u64)> {
+        let Some(max) = self.max_bytes else {
+            // Nothing is ever evicted: keep no order (no memory per entry).
+            return Vec::new();
+        };
         let mut state = self.state();
         if let Some(old) = state.order.put(key.clone(), size) {
             state.total = state.total.saturating_sub(old);
         }
         state.total += size;
         let mut victims = Vec::new();
-        let Some(max) = self.max_bytes else {
-            return victims;
-        };
         while state.total > max {
             match state.order.peek_lru() {
                 Some((oldest, _)) if oldest != key => {}
@@ -71,7 +72,9 @@ impl EvictionPolicy for LruPolicy {
     }
 
     fn touch(&self, key: &ObjectKey) {
-        self.state().order.promote(key);
+        if self.max_bytes.is_some() {
+            self.state().order.promote(key);
+        }
     }
 
     fn remove(&self, key: &ObjectKey) {

@@ -21,3 +21,11 @@ async fn setup() -> Fixture {
 }
 
 proxyd_testkit::conformance_tests!(setup);
+
+/// Atomic create-only puts (not part of the shared list: s3s-fs cannot prove it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_one_wins() {
+    let fixture = setup().await;
+    proxyd_testkit::conformance::concurrent_creates_one_wins(&*fixture.store).await;
+    drop(fixture.guard);
+}
