@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use proxyd_cache::{ArtifactEntry, CacheError, Fetched};
-use proxyd_ecosystem::{Fetch, FreshnessRule, Refusal, Resolver, StoredReply};
+use proxyd_ecosystem::{
+    ArtifactSpec, Fetch, FreshnessRule, Refusal, Resolver, SourceFuture, StoredReply,
+};
 use proxyd_storage_core::{ErrorKind, ResponseOverrides};
 
 use crate::body::{self, Body};
@@ -131,6 +133,24 @@ fn is_fresh(entry: &ArtifactEntry, rule: FreshnessRule) -> bool {
     }
 }
 
+/// Run the resolver of a miss and hand its fetch to `start`, with the file name the response
+/// names.
+async fn resolved<Fut>(
+    resolve: Resolver,
+    start: impl FnOnce(ArtifactSpec, SourceFuture) -> Fut,
+) -> (Result<Fetched, CacheError>, String)
+where
+    Fut: Future<Output = Result<Fetched, CacheError>>,
+{
+    match resolve().await {
+        Ok(Fetch { spec, source }) => {
+            let filename = spec.filename.clone();
+            (start(spec, source).await, filename)
+        }
+        Err(failure) => (Err(CacheError::Fetch(failure)), String::new()),
+    }
+}
+
 /// The response for bytes that arrive as they are fetched (a miss, or storage bypassed).
 fn streaming_response(asker: Asker<'_>, fetched: Fetched, filename: &str) -> Response<Body> {
     let Fetched::Streaming {
@@ -210,17 +230,11 @@ impl Front {
         resolve: Resolver,
         stale: Option<Arc<ArtifactEntry>>,
     ) -> Response<Body> {
-        let fetched = match resolve().await {
-            Ok(Fetch { spec, source }) => {
-                let filename = spec.filename.clone();
-                let newer_than = stale.as_ref().map(|s| s.fetched_at);
-                (
-                    self.cache.fetch_newer(spec, source, newer_than).await,
-                    filename,
-                )
-            }
-            Err(failure) => (Err(CacheError::Fetch(failure)), String::new()),
-        };
+        let newer_than = stale.as_ref().map(|s| s.fetched_at);
+        let fetched = resolved(resolve, |spec, source| {
+            self.cache.fetch_newer(spec, source, newer_than)
+        })
+        .await;
         match fetched {
             (Ok(fetched @ Fetched::Streaming { .. }), filename) => {
                 streaming_response(asker, fetched, &filename)
@@ -259,13 +273,10 @@ impl Front {
                 // Storage is failing: this one comes from the upstream, verified, uncached.
                 self.cache.note_storage_failure();
                 tracing::debug!(key = %entry.key, error = %err, "cached object unreadable; serving from the upstream");
-                let fetched = match resolve().await {
-                    Ok(Fetch { spec, source }) => {
-                        let filename = spec.filename.clone();
-                        (self.cache.pass_through(spec, source).await, filename)
-                    }
-                    Err(failure) => (Err(CacheError::Fetch(failure)), String::new()),
-                };
+                let fetched = resolved(resolve, |spec, source| {
+                    self.cache.pass_through(spec, source)
+                })
+                .await;
                 match fetched {
                     (Ok(fetched), filename) => streaming_response(asker, fetched, &filename),
                     (Err(_), _) => body::error(503, &format!("storage failed: {err}")),
