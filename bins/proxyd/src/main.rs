@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use proxyd_cache::{Cache, CacheSettings, SqliteIndex};
+use proxyd_cache::{Cache, CacheSettings};
 use proxyd_ecosystem::{MetadataCache, Planned, Registry, SharedContext, UpstreamClients};
 use proxyd_http_front::{DirectServeSettings, DisabledMount, Front, FrontSettings};
+use proxyd_index_sqlite::SqliteIndex;
 use settings::{Flags, LogFormat, Settings};
 
 /// The ecosystem kinds this binary serves: one line each.
@@ -232,6 +233,7 @@ async fn serve(
     }
     let cache_settings = CacheSettings {
         max_size: settings.max_size,
+        entry_cache_bytes: settings.database_cache_size,
         verify_interval: settings.verify_interval,
         // A presigned URL handed out before an eviction stays good for its whole life.
         eviction_grace: settings.direct_serve_ttl,

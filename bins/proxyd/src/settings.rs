@@ -37,6 +37,8 @@ pub(crate) struct Settings {
     pub(crate) database_path: PathBuf,
     pub(crate) metadata_ttl: Duration,
     pub(crate) metadata_cache_size: u64,
+    /// Memory for index entries in front of the database.
+    pub(crate) database_cache_size: u64,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) log_level: String,
@@ -98,6 +100,7 @@ const SCALAR_KEYS: &[&str] = &[
     "upstream.allowed_hosts",
     "metadata_ttl",
     "metadata_cache_size",
+    "database.cache_size",
     "log.level",
     "log.format",
 ];
@@ -458,6 +461,7 @@ pub(crate) fn load(
     let mt_raw = parse("metadata_ttl", &mut problems);
     let metadata_ttl = duration("metadata_ttl", mt_raw, "5m", &mut problems);
     let metadata_cache_size = size("metadata_cache_size", 256_000_000, &mut problems);
+    let database_cache_size = size("database.cache_size", 16_000_000, &mut problems);
     let hrt_raw = parse("server.header_read_timeout", &mut problems);
     let header_read_timeout = duration("server.header_read_timeout", hrt_raw, "10s", &mut problems);
     if header_read_timeout.is_zero() {
@@ -568,6 +572,7 @@ pub(crate) fn load(
             database_path,
             metadata_ttl,
             metadata_cache_size,
+            database_cache_size,
             header_read_timeout,
             max_connections,
             log_level,
@@ -626,6 +631,7 @@ impl Settings {
             format!("database.path = {}", self.database_path.display()),
             format!("metadata_ttl = {}s", self.metadata_ttl.as_secs()),
             format!("metadata_cache_size = {} bytes", self.metadata_cache_size),
+            format!("database.cache_size = {} bytes", self.database_cache_size),
             format!(
                 "server.header_read_timeout = {}s",
                 self.header_read_timeout.as_secs()

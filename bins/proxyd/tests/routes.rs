@@ -6,12 +6,13 @@
 
 use std::sync::Arc;
 
-use proxyd_cache::{Cache, CacheSettings, SqliteIndex};
+use proxyd_cache::{Cache, CacheSettings};
 use proxyd_ecosystem::http::Method;
 use proxyd_ecosystem::{
     Documents, Ecosystem, EcosystemContext, EcosystemKind, MetadataCache, ObjectKey,
     UpstreamClients, UpstreamLimits, UpstreamSettings,
 };
+use proxyd_index_sqlite::SqliteIndex;
 
 async fn context(instance: &'static str, dir: &std::path::Path) -> EcosystemContext {
     context_and_store(instance, dir, None, 16_000_000).await.0

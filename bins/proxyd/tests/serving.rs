@@ -330,12 +330,14 @@ async fn sigterm_shuts_down_cleanly_and_flushes_hits() {
         "exit 0 after SIGTERM: {status}\n{}",
         proxyd.log()
     );
-    use proxyd_cache::Index;
-    let index = proxyd_cache::SqliteIndex::open(&proxyd.dir().join("proxyd.db")).unwrap();
-    let records = index.load_all().await.unwrap();
-    assert_eq!(records.len(), 1);
+    use proxyd_cache::ArtifactIndex;
+    let index = proxyd_index_sqlite::SqliteIndex::open(&proxyd.dir().join("proxyd.db")).unwrap();
+    let totals = index.totals().await.unwrap();
+    assert_eq!(totals.iter().map(|t| t.artifacts).sum::<u64>(), 1);
+    let victim = index.least_recently_used(1).await.unwrap().remove(0);
+    let record = index.artifact(&victim.key).await.unwrap().unwrap();
     assert_eq!(
-        records[0].hit_count, 2,
+        record.hit_count, 2,
         "hits flushed at shutdown (first request was the miss)"
     );
 }

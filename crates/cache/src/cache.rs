@@ -14,15 +14,52 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::entry::{ArtifactEntry, ArtifactSpec, Document, from_unix_secs, unix_secs};
 use backon::{ExponentialBuilder, Retryable};
 
-use crate::evict::{EvictionPolicy, LruPolicy};
 use crate::metric_names as m;
-use crate::{CacheError, FailureKind, FetchFailure, Index, IndexRecord};
+use crate::{
+    AccessUpdate, CacheError, FailureKind, FetchFailure, Index, IndexRecord, IndexTotals, Lease,
+};
+
+/// Rows a pass of the evictor or of reconciliation handles at a time.
+const BATCH: usize = 256;
+
+/// Hits waiting for the index that make the flush run before its interval.
+const DIRTY_FLUSH_AT: usize = 4096;
 
 /// Chunks buffered between the upstream reader and storage.
 const CHANNEL_DEPTH: usize = 4;
 
 /// Chunks a live reader may fall behind before it is left to continue from storage.
 const LIVE_CHUNKS: usize = 64;
+
+/// How the task that runs a fetch starts.
+enum Started {
+    /// The upstream answered: the bytes follow, of this length when announced.
+    Streaming(Option<u64>),
+    /// Another node fetched it meanwhile.
+    Cached(Arc<ArtifactEntry>),
+}
+
+/// What the fetch lease said.
+enum LeaseOutcome {
+    /// Fetch it (holding the lease, or without one when the index failed).
+    Fetch { leased: bool },
+    /// Another node committed it.
+    Cached(Arc<ArtifactEntry>),
+}
+
+/// A name for this cache among lease holders: the process and a random part, so two caches in
+/// one process (and a restarted process) differ.
+fn node_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = foldhash::fast::RandomState::default().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{}-{:016x}", std::process::id(), hasher.finish())
+}
 
 /// What a fetch publishes to its live readers.
 #[derive(Debug, Clone)]
@@ -40,6 +77,11 @@ enum Piece {
 pub struct CacheSettings {
     /// Evict least recently used artifacts above this many bytes.
     pub max_size: Option<u64>,
+    /// Memory for index entries kept in front of the index (the index is read on a miss).
+    pub entry_cache_bytes: u64,
+    /// How long a fetch lease lasts unless renewed (renewed every third of it while the fetch
+    /// runs); a node that dies holding one delays others' fetch of that artifact this long.
+    pub fetch_lease: Duration,
     /// How long a request waits for another request's fetch of the same artifact.
     pub fetch_wait: Duration,
     /// How often hit counts and access times are written to the index.
@@ -67,6 +109,8 @@ impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             max_size: None,
+            entry_cache_bytes: 16 * 1024 * 1024,
+            fetch_lease: Duration::from_secs(30),
             fetch_wait: Duration::from_secs(300),
             flush_interval: Duration::from_secs(10),
             verify_interval: Duration::from_secs(600),
@@ -173,20 +217,34 @@ impl Counters {
     }
 }
 
-/// The cache: index in memory, accounting, single-flight fetches and eviction.
+/// The cache: accounting, single-flight fetches and eviction over an index that is the
+/// source of truth, with a bounded memory of entries in front of it.
 pub struct Cache {
     storage: Arc<dyn Storage>,
     index: Arc<dyn Index>,
     settings: CacheSettings,
-    /// Looked up on every request: a fast hasher (keys are only inserted once upstream has
-    /// served them, so clients cannot flood it with colliding keys).
-    entries: RwLock<FastMap<ObjectKey, Arc<ArtifactEntry>>>,
+    /// This cache's name among the holders of leases.
+    owner: String,
+    /// Entries recently looked up or committed, weighted by their size in memory; a miss
+    /// reads through to the index.
+    entries: moka::sync::Cache<ObjectKey, Arc<ArtifactEntry>, foldhash::fast::RandomState>,
+    /// Bumped whenever entries leave (eviction, a missing object) or are replaced, so a lookup
+    /// that read the index before does not put back what left.
+    generation: AtomicU64,
     flights: Mutex<HashMap<ObjectKey, watch::Receiver<FlightResult>>>,
     dirty: Mutex<Vec<Arc<ArtifactEntry>>>,
     counters: RwLock<FastMap<String, Arc<Counters>>>,
-    total_bytes: AtomicU64,
+    /// The index's totals as last read (the gauges and `/stats`).
+    totals: RwLock<Vec<IndexTotals>>,
     evicted_bytes: AtomicU64,
-    policy: Box<dyn EvictionPolicy>,
+    /// The key committed last: never evicted, however large.
+    newest: Mutex<Option<ObjectKey>>,
+    /// One eviction pass at a time in this process (the lease orders the nodes).
+    evicting: tokio::sync::Mutex<()>,
+    /// Wakes the evictor: the total went over `max_size`.
+    evict_wake: tokio::sync::Notify,
+    /// Wakes the flush: hits piled up.
+    flush_wake: tokio::sync::Notify,
     /// Committed entries whose index row could not be written yet.
     unrecorded: Mutex<Vec<Arc<ArtifactEntry>>>,
     /// Whether serving around a storage failure was logged already.
@@ -195,8 +253,6 @@ pub struct Cache {
     storage_ok: AtomicBool,
     /// Small artifacts' bytes, with the digest of the entry they belong to.
     hot: moka::sync::Cache<ObjectKey, ([u8; 32], Bytes)>,
-    /// Evicted entries whose objects are deleted after the grace period.
-    evicted: mpsc::UnboundedSender<(Arc<ArtifactEntry>, tokio::time::Instant)>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -207,6 +263,29 @@ impl std::fmt::Debug for Cache {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// Memory an entry takes, roughly: its strings and the fixed parts, with room for what a server
+/// renders and keeps with it.
+fn entry_weight(_: &ObjectKey, e: &Arc<ArtifactEntry>) -> u32 {
+    let strings = e.key.as_str().len()
+        + e.ecosystem.len()
+        + e.name.len()
+        + e.version.len()
+        + e.filename.len()
+        + e.content_type.len()
+        + e.upstream_url.len()
+        + e.etag.len();
+    u32::try_from(2 * strings + 512).unwrap_or(u32::MAX)
+}
+
+fn unix_millis(t: SystemTime) -> u64 {
+    u64::try_from(
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
 }
 
 fn record_to_entry(r: IndexRecord) -> Option<ArtifactEntry> {
@@ -226,7 +305,7 @@ fn record_to_entry(r: IndexRecord) -> Option<ArtifactEntry> {
         etag: format!("\"{}\"", r.sha256.to_ascii_lowercase()),
         hits: AtomicU64::new(r.hit_count),
         pending_hits: AtomicU64::new(0),
-        last_access: AtomicU64::new(r.last_access),
+        last_access: AtomicU64::new(r.last_access_ms),
         dirty: AtomicBool::new(false),
         rendered: OnceLock::new(),
     })
@@ -245,41 +324,46 @@ fn entry_to_record(e: &ArtifactEntry) -> IndexRecord {
         upstream_url: e.upstream_url.clone(),
         fetched_at: unix_secs(e.fetched_at),
         hit_count: e.hits.load(Ordering::Relaxed),
-        last_access: e.last_access.load(Ordering::Relaxed),
+        last_access_ms: e.last_access.load(Ordering::Relaxed),
     }
 }
 
 impl Cache {
-    /// Load the index into memory and start accounting.
+    /// Open the cache over `index` (read on demand: nothing is loaded at start) and `storage`.
     pub async fn open(
         storage: Arc<dyn Storage>,
         index: Arc<dyn Index>,
         settings: CacheSettings,
     ) -> Result<Arc<Self>, CacheError> {
-        let records = index.load_all().await?;
-        let mut entries = FastMap::with_capacity_and_hasher(records.len(), Default::default());
-        let mut total = 0;
-        for record in records {
-            if let Some(entry) = record_to_entry(record) {
-                total += entry.size;
-                entries.insert(entry.key.clone(), Arc::new(entry));
-            }
-        }
-        let max_size = settings.max_size;
-        let grace = settings.eviction_grace;
+        let totals = index.totals().await?;
         let hot_bytes = settings.hot_bytes;
-        let (evicted_tx, evicted_rx) = mpsc::unbounded_channel();
+        // Another node may evict an entry this one keeps in memory: keep entries for less than
+        // the grace period the evictor waits before deleting an object.
+        let entry_ttl = if settings.eviction_grace.is_zero() {
+            Duration::from_secs(60)
+        } else {
+            (settings.eviction_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        };
         let cache = Arc::new(Self {
             storage,
             index,
+            owner: node_name(),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(settings.entry_cache_bytes.max(1))
+                .weigher(entry_weight)
+                .time_to_live(entry_ttl)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             settings,
-            entries: RwLock::new(entries),
+            generation: AtomicU64::new(0),
             flights: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Vec::new()),
             counters: RwLock::new(FastMap::default()),
-            total_bytes: AtomicU64::new(total),
+            totals: RwLock::new(totals),
             evicted_bytes: AtomicU64::new(0),
-            policy: Box::new(LruPolicy::new(max_size)),
+            newest: Mutex::new(None),
+            evicting: tokio::sync::Mutex::new(()),
+            evict_wake: tokio::sync::Notify::new(),
+            flush_wake: tokio::sync::Notify::new(),
             unrecorded: Mutex::new(Vec::new()),
             bypass_logged: AtomicBool::new(false),
             storage_ok: AtomicBool::new(true),
@@ -289,27 +373,8 @@ impl Cache {
                     u32::try_from(bytes.len() + 128).unwrap_or(u32::MAX)
                 })
                 .build(),
-            evicted: evicted_tx,
         });
-        // The policy learns the kept entries oldest first; what does not fit goes now. Without
-        // a size limit there is nothing to learn.
-        let mut by_age: Vec<Arc<ArtifactEntry>> = if max_size.is_none() {
-            Vec::new()
-        } else {
-            cache
-                .entries
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect()
-        };
-        by_age.sort_by_key(|e| e.last_access.load(Ordering::Relaxed));
-        for entry in by_age {
-            let victims = cache.policy.admit(&entry.key, entry.size);
-            cache.evict(victims);
-        }
-        tokio::spawn(delete_evicted(Arc::downgrade(&cache), evicted_rx, grace));
+        tokio::spawn(evict_in_background(Arc::downgrade(&cache)));
         // What a crash left behind goes in the background: a walk of a large directory must
         // not delay start-up.
         let cleaner = Arc::downgrade(&cache);
@@ -340,18 +405,83 @@ impl Cache {
         }
     }
 
+    /// Index entries kept in memory now, and the memory they are weighed at (bounded by
+    /// `entry_cache_bytes`).
+    pub fn entries_in_memory(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+
     /// The storage backend.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
     }
 
-    /// The cached artifact under `key`, if any: a memory lookup.
-    pub fn lookup(&self, key: &ObjectKey) -> Option<Arc<ArtifactEntry>> {
-        self.entries
+    /// The cached artifact under `key`, if any: from memory, else read through to the index
+    /// (and kept in memory). An index that fails counts as a miss (logged and counted): the
+    /// artifact is then served from the upstream.
+    pub async fn lookup(&self, key: &ObjectKey) -> Option<Arc<ArtifactEntry>> {
+        if let Some(entry) = self.entries.get(key) {
+            return Some(entry);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        match self.index.artifact(key.as_str()).await {
+            Ok(Some(record)) => {
+                let entry = Arc::new(record_to_entry(record)?);
+                if self.generation.load(Ordering::Acquire) == generation {
+                    self.entries.insert(key.clone(), entry.clone());
+                }
+                Some(entry)
+            }
+            Ok(None) => self
+                .unrecorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|e| &e.key == key)
+                .cloned(),
+            Err(err) => {
+                self.index_failed("lookup", &err);
+                None
+            }
+        }
+    }
+
+    /// Count and log an index call that failed.
+    fn index_failed(&self, operation: &'static str, err: &crate::IndexError) {
+        metrics::counter!(m::INDEX_ERRORS_TOTAL, "operation" => operation).increment(1);
+        tracing::warn!(operation, error = %err, temporary = err.is_temporary(), "index call failed");
+    }
+
+    /// Entries whose memory copies must go: bump the generation first, so no lookup that read
+    /// the index before puts them back.
+    fn drop_from_memory(&self, keys: impl IntoIterator<Item = ObjectKey>) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for key in keys {
+            self.entries.invalidate(&key);
+            self.hot.invalidate(&key);
+        }
+    }
+
+    /// Read the index's totals again and publish them.
+    async fn refresh_totals(&self) {
+        match self.index.totals().await {
+            Ok(totals) => {
+                *self.totals.write().unwrap_or_else(|p| p.into_inner()) = totals;
+                self.publish_gauges();
+            }
+            Err(err) => self.index_failed("totals", &err),
+        }
+    }
+
+    /// Cached bytes in total, as the index last said.
+    fn total_bytes(&self) -> u64 {
+        self.totals
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
+            .iter()
+            .map(|t| t.bytes)
+            .sum()
     }
 
     /// The bytes of a small cached artifact, from memory when they are there, else read from
@@ -414,12 +544,13 @@ impl Cache {
         entry.pending_hits.fetch_add(1, Ordering::Relaxed);
         entry
             .last_access
-            .store(unix_secs(SystemTime::now()), Ordering::Relaxed);
+            .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
         if !entry.dirty.swap(true, Ordering::AcqRel) {
-            self.dirty
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(entry.clone());
+            let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            dirty.push(entry.clone());
+            if dirty.len() == DIRTY_FLUSH_AT {
+                self.flush_wake.notify_one();
+            }
         }
         let counters = self.counters(&entry.ecosystem);
         counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -432,25 +563,22 @@ impl Cache {
         counters.misses_metric.increment(1);
     }
 
-    /// Write pending hit counts and access times to the index.
+    /// Write pending hit counts and access times to the index, and the rows of committed
+    /// entries the index could not take before.
     pub async fn flush(&self) -> Result<(), CacheError> {
         let unrecorded =
             std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
         for (n, entry) in unrecorded.iter().enumerate() {
-            // Evicted or forgotten meanwhile: nothing to record.
-            if self
-                .lookup(&entry.key)
-                .is_none_or(|e| !Arc::ptr_eq(&e, entry))
-            {
-                continue;
-            }
-            if let Err(err) = self.index.upsert(entry_to_record(entry)).await {
+            if let Err(err) = self.index.put_artifact(entry_to_record(entry)).await {
                 self.unrecorded
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(unrecorded[n..].iter().cloned());
-                return Err(err);
+                return Err(err.into());
             }
+        }
+        if !unrecorded.is_empty() {
+            self.refresh_totals().await;
         }
         let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
         if dirty.is_empty() {
@@ -459,100 +587,119 @@ impl Cache {
         let batch = dirty
             .iter()
             .map(|e| {
-                self.policy.touch(&e.key);
                 e.dirty.store(false, Ordering::Release);
-                let hits = e.pending_hits.swap(0, Ordering::AcqRel);
-                (
-                    e.key.as_str().to_owned(),
-                    hits,
-                    e.last_access.load(Ordering::Relaxed),
-                )
+                AccessUpdate {
+                    key: e.key.as_str().to_owned(),
+                    hits: e.pending_hits.swap(0, Ordering::AcqRel),
+                    last_access_ms: e.last_access.load(Ordering::Relaxed),
+                }
             })
             .collect();
-        self.index.record_access(batch).await
+        Ok(self.index.record_access(batch).await?)
     }
 
     /// Drop the entry for `key` (its object is gone); the next request fetches it again.
     pub async fn forget(&self, key: &ObjectKey) {
-        let removed = self
-            .entries
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-        self.hot.invalidate(key);
-        if let Some(entry) = removed {
-            self.policy.remove(key);
-            self.total_bytes.fetch_sub(entry.size, Ordering::Relaxed);
-            tracing::warn!(key = %key, "cached object is missing from storage; it will be fetched again");
-            if let Err(err) = self.index.remove(vec![key.as_str().to_owned()]).await {
-                tracing::error!(error = %err, "could not remove an index entry");
-            }
-            self.publish_gauges();
+        self.drop_from_memory([key.clone()]);
+        tracing::warn!(key = %key, "cached object is missing from storage; it will be fetched again");
+        if let Err(err) = self
+            .index
+            .remove_artifacts(vec![key.as_str().to_owned()])
+            .await
+        {
+            self.index_failed("remove", &err);
         }
+        self.refresh_totals().await;
     }
 
-    /// List storage: drop every index entry whose object is gone, and delete objects under
-    /// proxyd's own prefixes that no entry knows (an index write lost to a crash), once they are
-    /// older than `orphan_age` (younger ones may be commits in progress). Returns the entries
-    /// dropped and the orphans deleted.
+    /// Reconcile the index with storage, streaming both, holding neither in memory: note every
+    /// object the listing shows on its row; delete objects under proxyd's own prefixes that no
+    /// row knows (an index write lost to a crash), once they are older than `orphan_age`
+    /// (younger ones may be commits in progress); then drop the rows whose objects the listing
+    /// did not show and a HEAD confirms gone. Returns the rows dropped and the orphans deleted.
     pub async fn verify_storage(&self) -> Result<(usize, usize), CacheError> {
         self.remove_interrupted().await;
-        let now = SystemTime::now();
+        let started = SystemTime::now();
+        let started_ms = unix_millis(started);
         let owned = |key: &ObjectKey| {
             let first = key.as_str().split('/').next().unwrap_or("");
             self.settings.owned_prefixes.iter().any(|p| p == first)
         };
-        // The listing streams page by page; only the keys of known entries are remembered.
         let mut listing = self.storage.list("");
-        let mut present: std::collections::HashSet<ObjectKey> = std::collections::HashSet::new();
         let mut orphans = 0;
-        while let Some(meta) = listing.next().await {
-            let meta = meta?;
-            if self.lookup(&meta.key).is_some() {
-                present.insert(meta.key);
+        let mut page: Vec<proxyd_storage_core::ObjectMeta> = Vec::with_capacity(BATCH);
+        loop {
+            let next = listing.next().await;
+            let end = next.is_none();
+            if let Some(meta) = next {
+                page.push(meta?);
+            }
+            if page.len() < BATCH && !end {
                 continue;
             }
-            let old_enough = meta
-                .last_modified
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age >= self.settings.orphan_age);
-            let in_flight = self
-                .flights
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&meta.key);
-            if !owned(&meta.key) || !old_enough || in_flight {
-                continue;
+            let keys = page.iter().map(|m| m.key.as_str().to_owned()).collect();
+            let unknown: std::collections::HashSet<String> = self
+                .index
+                .sighted(keys, started_ms)
+                .await?
+                .into_iter()
+                .collect();
+            for meta in page.drain(..) {
+                if !unknown.contains(meta.key.as_str()) {
+                    continue;
+                }
+                let old_enough = meta
+                    .last_modified
+                    .and_then(|t| started.duration_since(t).ok())
+                    .is_some_and(|age| age >= self.settings.orphan_age);
+                let in_flight = self
+                    .flights
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&meta.key);
+                if !owned(&meta.key) || !old_enough || in_flight {
+                    continue;
+                }
+                match self.storage.delete(&meta.key).await {
+                    Ok(()) => {
+                        orphans += 1;
+                        tracing::warn!(key = %meta.key, size = meta.size, "deleted an object no index entry knows");
+                    }
+                    Err(err) => {
+                        tracing::error!(key = %meta.key, error = %err, "could not delete an orphan object")
+                    }
+                }
             }
-            match self.storage.delete(&meta.key).await {
-                Ok(()) => {
-                    orphans += 1;
-                    tracing::warn!(key = %meta.key, size = meta.size, "deleted an object no index entry knows");
-                }
-                Err(err) => {
-                    tracing::error!(key = %meta.key, error = %err, "could not delete an orphan object")
-                }
+            if end {
+                break;
             }
         }
-        let missing: Vec<ObjectKey> = self
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .filter(|k| !present.contains(*k))
-            .cloned()
-            .collect();
-        // An entry committed after the listing started is not missing; check each one.
+        // Rows the listing did not show: each is checked on its own (it may have been committed
+        // after the listing passed its key), then dropped or noted as seen.
         let mut dropped = 0;
-        for key in missing {
-            if self
-                .storage
-                .head(&key)
-                .await
-                .is_err_and(|e| e.is_not_found())
-            {
-                self.forget(&key).await;
-                dropped += 1;
+        loop {
+            let unseen = self.index.unsighted(started_ms, BATCH).await?;
+            if unseen.is_empty() {
+                break;
+            }
+            let mut present = Vec::new();
+            for key in unseen {
+                let Ok(key) = ObjectKey::new(key.clone()) else {
+                    // Not a key proxyd could have written: the row cannot be served.
+                    self.index.remove_artifacts(vec![key]).await?;
+                    continue;
+                };
+                match self.storage.head(&key).await {
+                    Err(e) if e.is_not_found() => {
+                        self.forget(&key).await;
+                        dropped += 1;
+                    }
+                    Ok(_) => present.push(key.as_str().to_owned()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !present.is_empty() {
+                self.index.sighted(present, started_ms).await?;
             }
         }
         Ok((dropped, orphans))
@@ -576,6 +723,13 @@ impl Cache {
                         if let Err(err) = cache.flush().await {
                             tracing::error!(error = %err, "could not write hit counts to the index");
                         }
+                        // Totals another node changed reach this node's gauges here.
+                        cache.refresh_totals().await;
+                    }
+                    _ = cache.flush_wake.notified() => {
+                        if let Err(err) = cache.flush().await {
+                            tracing::error!(error = %err, "could not write hit counts to the index");
+                        }
                     }
                     _ = verify.tick() => match cache.verify_storage().await {
                         Ok((0, 0)) => {}
@@ -594,14 +748,27 @@ impl Cache {
         })
     }
 
-    /// Totals and per-ecosystem counters.
-    pub fn stats(&self) -> Stats {
+    /// Totals (from the index: every node's, when several share it) and this node's
+    /// per-ecosystem counters.
+    pub async fn stats(&self) -> Stats {
+        self.refresh_totals().await;
         let mut stats = Stats::default();
+        for totals in self.totals.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            let eco = stats
+                .ecosystems
+                .entry(totals.ecosystem.clone())
+                .or_default();
+            eco.cached_artifacts += totals.artifacts;
+            eco.bytes += totals.bytes;
+            stats.cached_artifacts += totals.artifacts;
+            stats.bytes += totals.bytes;
+        }
+        // Committed entries the index has not taken yet are cached all the same.
         for entry in self
-            .entries
-            .read()
+            .unrecorded
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
+            .iter()
         {
             let eco = stats.ecosystems.entry(entry.ecosystem.clone()).or_default();
             eco.cached_artifacts += 1;
@@ -626,19 +793,21 @@ impl Cache {
     }
 
     fn publish_gauges(&self) {
-        let count = self.entries.read().unwrap_or_else(|p| p.into_inner()).len();
+        let totals = self.totals.read().unwrap_or_else(|p| p.into_inner());
+        let count: u64 = totals.iter().map(|t| t.artifacts).sum();
+        let bytes: u64 = totals.iter().map(|t| t.bytes).sum();
         metrics::gauge!(m::CACHED_ARTIFACTS).set(count as f64);
-        metrics::gauge!(m::CACHE_SIZE_BYTES).set(self.total_bytes.load(Ordering::Relaxed) as f64);
+        metrics::gauge!(m::CACHE_SIZE_BYTES).set(bytes as f64);
     }
 
     /// A stored upstream metadata document.
     pub async fn document(&self, key: &str) -> Result<Option<Document>, CacheError> {
-        self.index.document(key.to_owned()).await
+        Ok(self.index.document(key).await?)
     }
 
     /// Store an upstream metadata document.
     pub async fn put_document(&self, key: &str, document: Document) -> Result<(), CacheError> {
-        self.index.put_document(key.to_owned(), document).await
+        Ok(self.index.put_document(key, document).await?)
     }
 
     /// Get an uncached artifact into the cache. One call per key starts `source` (the upstream
@@ -670,10 +839,12 @@ impl Cache {
             if let Some(rx) = flights.get(&spec.key) {
                 Err(rx.clone())
             } else if let Some(entry) = self
-                .lookup(&spec.key)
+                .entries
+                .get(&spec.key)
                 .filter(|e| newer_than.is_none_or(|t| e.fetched_at > t))
             {
-                // Committed between the caller's lookup and now.
+                // Committed between the caller's lookup and now (a commit is in memory before
+                // its flight ends).
                 return Ok(Fetched::Cached(entry));
             } else {
                 let (tx, rx) = watch::channel(None);
@@ -708,11 +879,12 @@ impl Cache {
         let cache = self.clone();
         tokio::spawn(async move {
             cache
-                .run_fetch(spec, source, done, pieces, headers_tx)
+                .run_fetch(spec, source, newer_than, done, pieces, headers_tx)
                 .await;
         });
         let content_length = match headers_rx.await {
-            Ok(Ok(content_length)) => content_length,
+            Ok(Ok(Started::Streaming(content_length))) => content_length,
+            Ok(Ok(Started::Cached(entry))) => return Ok(Fetched::Cached(entry)),
             Ok(Err(failure)) => return Err(failure.into()),
             Err(_) => {
                 return Err(
@@ -837,22 +1009,42 @@ impl Cache {
         Ok(Some(got.body))
     }
 
-    /// The upstream request and the ingest, on their own task: report the response's length
-    /// (or its failure) to the request that started the fetch, then fill storage.
+    /// The upstream request and the ingest, on their own task: take the artifact's fetch
+    /// lease (or wait for the node that holds it), report the response's length (or its
+    /// failure) to the request that started the fetch, then fill storage.
     async fn run_fetch<F>(
         self: Arc<Self>,
         spec: ArtifactSpec,
         source: F,
+        newer_than: Option<SystemTime>,
         done: FlightGuard,
         pieces: broadcast::Sender<Piece>,
-        headers: oneshot::Sender<Result<Option<u64>, FetchFailure>>,
+        headers: oneshot::Sender<Result<Started, FetchFailure>>,
     ) where
         F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send,
     {
+        let leased = match self.take_fetch_lease(&spec, newer_than).await {
+            Ok(LeaseOutcome::Fetch { leased }) => leased,
+            Ok(LeaseOutcome::Cached(entry)) => {
+                let _ = headers.send(Ok(Started::Cached(entry.clone())));
+                done.finish(Ok(entry));
+                return;
+            }
+            Err(failure) => {
+                let _ = headers.send(Err(failure.clone()));
+                done.finish(Err(failure));
+                return;
+            }
+        };
+        let renewing = leased.then(|| self.keep_fetch_lease(&spec.key));
         metrics::counter!(m::UPSTREAM_REQUESTS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
             .increment(1);
-        let upstream = match source.await {
-            Ok(upstream) => upstream,
+        let key = spec.key.clone();
+        match source.await {
+            Ok(upstream) => {
+                let _ = headers.send(Ok(Started::Streaming(upstream.content_length)));
+                self.clone().ingest(spec, upstream, pieces, done).await;
+            }
             Err(failure) => {
                 if failure.kind != FailureKind::NotFound {
                     metrics::counter!(m::UPSTREAM_ERRORS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
@@ -860,11 +1052,120 @@ impl Cache {
                 }
                 let _ = headers.send(Err(failure.clone()));
                 done.finish(Err(failure));
-                return;
+            }
+        }
+        if let Some(renewing) = renewing {
+            renewing.abort();
+            // After the commit: a node waiting for the lease finds the row first.
+            if let Err(err) = self.index.release_fetch(key.as_str(), &self.owner).await {
+                self.index_failed("release_fetch", &err);
+            }
+        }
+    }
+
+    /// Take the fetch lease of `spec`'s key. While another node holds it, wait (polling, within
+    /// `fetch_wait`) for that node's row, or for the lease to be free (its owner failed or
+    /// died) and take it over. An index that fails does not stop the download: the fetch runs
+    /// unleased.
+    async fn take_fetch_lease(
+        &self,
+        spec: &ArtifactSpec,
+        newer_than: Option<SystemTime>,
+    ) -> Result<LeaseOutcome, FetchFailure> {
+        let key = spec.key.as_str();
+        let deadline = tokio::time::Instant::now() + self.settings.fetch_wait;
+        let mut pause = Duration::from_millis(20);
+        let mut waited = false;
+        loop {
+            match self
+                .index
+                .acquire_fetch(key, &self.owner, self.settings.fetch_lease)
+                .await
+            {
+                Ok(Lease::Acquired) => {
+                    // Another node may have committed it before this one asked.
+                    if let Some(entry) = self.committed_elsewhere(&spec.key, newer_than).await {
+                        let _ = self.index.release_fetch(key, &self.owner).await;
+                        metrics::counter!(m::FETCH_LEASES_TOTAL, "outcome" => "other_node")
+                            .increment(1);
+                        return Ok(LeaseOutcome::Cached(entry));
+                    }
+                    let outcome = if waited { "took_over" } else { "fetched" };
+                    metrics::counter!(m::FETCH_LEASES_TOTAL, "outcome" => outcome).increment(1);
+                    return Ok(LeaseOutcome::Fetch { leased: true });
+                }
+                Ok(Lease::HeldElsewhere { .. }) => {
+                    waited = true;
+                    if tokio::time::Instant::now() + pause > deadline {
+                        metrics::counter!(m::FETCH_LEASES_TOTAL, "outcome" => "timeout")
+                            .increment(1);
+                        return Err(FetchFailure::timeout(
+                            "timed out waiting for another node's fetch of this artifact",
+                        ));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                    if let Some(entry) = self.committed_elsewhere(&spec.key, newer_than).await {
+                        metrics::counter!(m::FETCH_LEASES_TOTAL, "outcome" => "other_node")
+                            .increment(1);
+                        return Ok(LeaseOutcome::Cached(entry));
+                    }
+                }
+                Err(err) => {
+                    self.index_failed("acquire_fetch", &err);
+                    metrics::counter!(m::FETCH_LEASES_TOTAL, "outcome" => "index_error")
+                        .increment(1);
+                    return Ok(LeaseOutcome::Fetch { leased: false });
+                }
+            }
+        }
+    }
+
+    /// The row another node committed for `key` (newer than `newer_than`), kept in memory.
+    async fn committed_elsewhere(
+        &self,
+        key: &ObjectKey,
+        newer_than: Option<SystemTime>,
+    ) -> Option<Arc<ArtifactEntry>> {
+        let record = match self.index.artifact(key.as_str()).await {
+            Ok(record) => record?,
+            Err(err) => {
+                self.index_failed("lookup", &err);
+                return None;
             }
         };
-        let _ = headers.send(Ok(upstream.content_length));
-        self.ingest(spec, upstream, pieces, done).await;
+        let entry = Arc::new(record_to_entry(record)?);
+        if newer_than.is_some_and(|t| entry.fetched_at <= t) {
+            return None;
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.insert(key.clone(), entry.clone());
+        Some(entry)
+    }
+
+    /// Renew the fetch lease on `key` every third of its length until aborted.
+    fn keep_fetch_lease(self: &Arc<Self>, key: &ObjectKey) -> tokio::task::JoinHandle<()> {
+        let cache = Arc::downgrade(self);
+        let key = key.clone();
+        let every = self.settings.fetch_lease / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(cache) = cache.upgrade() else { return };
+                match cache
+                    .index
+                    .renew_fetch(key.as_str(), &cache.owner, cache.settings.fetch_lease)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(key = %key, "lost the fetch lease; another node may fetch this artifact too");
+                        return;
+                    }
+                    Err(err) => cache.index_failed("renew_fetch", &err),
+                }
+            }
+        })
     }
 
     async fn wait_for(
@@ -1175,17 +1476,18 @@ impl Cache {
             etag: format!("\"{}\"", hex::encode(sha256)),
             hits: AtomicU64::new(0),
             pending_hits: AtomicU64::new(0),
-            last_access: AtomicU64::new(unix_secs(now)),
+            last_access: AtomicU64::new(unix_millis(now)),
             dirty: AtomicBool::new(false),
             rendered: OnceLock::new(),
         });
         let record = || entry_to_record(&entry);
-        let written = (|| async { self.index.upsert(record()).await })
+        let written = (|| async { self.index.put_artifact(record()).await })
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(50))
                     .with_max_times(2),
             )
+            .when(crate::IndexError::is_temporary)
             .await;
         if let Err(err) = written {
             // Storage has the object and memory counts it; the row is written again at each
@@ -1196,71 +1498,169 @@ impl Cache {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(entry.clone());
         }
-        let old = self
-            .entries
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(entry.key.clone(), entry.clone());
-        if let Some(old) = old {
-            self.total_bytes.fetch_sub(old.size, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.hot.invalidate(&entry.key);
+        self.entries.insert(entry.key.clone(), entry.clone());
+        *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry.key.clone());
+        self.refresh_totals().await;
+        if self
+            .settings
+            .max_size
+            .is_some_and(|max| self.total_bytes() > max)
+        {
+            self.evict_wake.notify_one();
         }
-        self.total_bytes.fetch_add(size, Ordering::Relaxed);
-        let victims = self.policy.admit(&entry.key, size);
-        self.evict(victims);
-        self.publish_gauges();
         entry
     }
 
-    /// Take `victims` out of the index in memory now (no new hit or redirect is handed out
-    /// for them) and queue their objects for deletion after the grace period.
-    fn evict(&self, victims: Vec<(ObjectKey, u64)>) {
-        if victims.is_empty() {
-            return;
+    /// One pass of eviction, while `storage.max_size` is exceeded: take the eviction lease,
+    /// write pending hits (the order depends on them), choose the least recently used rows from
+    /// the index and mark them. Marked entries leave memory at once, so no new hit or redirect
+    /// is handed out for them; their objects go after the grace period
+    /// ([`Cache::delete_evicted`]). Returns the bytes marked.
+    pub async fn evict(&self) -> Result<u64, CacheError> {
+        let Some(max) = self.settings.max_size else {
+            return Ok(0);
+        };
+        let _one_pass = self.evicting.lock().await;
+        let lease = Duration::from_secs(60);
+        if let Lease::HeldElsewhere { .. } = self.index.acquire_eviction(&self.owner, lease).await?
+        {
+            return Ok(0); // another node evicts for everyone
         }
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        let now = tokio::time::Instant::now();
-        for (key, _) in victims {
-            self.hot.invalidate(&key);
-            if let Some(entry) = entries.remove(&key) {
-                self.total_bytes.fetch_sub(entry.size, Ordering::Relaxed);
-                self.evicted_bytes.fetch_add(entry.size, Ordering::Relaxed);
-                metrics::counter!(m::EVICTED_BYTES_TOTAL).increment(entry.size);
-                let _ = self.evicted.send((entry, now));
+        let marked = self.evict_while_over(max).await;
+        if let Err(err) = self.index.release_eviction(&self.owner).await {
+            self.index_failed("release_eviction", &err);
+        }
+        let marked = marked?;
+        if marked > 0 {
+            self.evicted_bytes.fetch_add(marked, Ordering::Relaxed);
+            metrics::counter!(m::EVICTED_BYTES_TOTAL).increment(marked);
+            self.refresh_totals().await;
+        }
+        Ok(marked)
+    }
+
+    async fn evict_while_over(&self, max: u64) -> Result<u64, CacheError> {
+        if let Err(err) = self.flush().await {
+            tracing::warn!(error = %err, "evicting with hits not yet written to the index");
+        }
+        let mut marked_bytes = 0;
+        loop {
+            let totals = self.index.totals().await?;
+            let total: u64 = totals.iter().map(|t| t.bytes).sum();
+            if total <= max {
+                return Ok(marked_bytes);
+            }
+            let mut excess = total - max;
+            let newest = self
+                .newest
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let candidates = self.index.least_recently_used(BATCH).await?;
+            let mut victims = Vec::new();
+            for candidate in candidates {
+                if excess == 0 {
+                    break;
+                }
+                let in_flight = ObjectKey::new(candidate.key.clone()).is_ok_and(|k| {
+                    self.flights
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains_key(&k)
+                });
+                if newest.as_ref().is_some_and(|n| n.as_str() == candidate.key) || in_flight {
+                    continue;
+                }
+                excess = excess.saturating_sub(candidate.size);
+                victims.push(candidate);
+            }
+            if victims.is_empty() {
+                // Only the newest entry is left: it stays, however large.
+                return Ok(marked_bytes);
+            }
+            let sizes: HashMap<String, u64> =
+                victims.into_iter().map(|v| (v.key, v.size)).collect();
+            let marked = self
+                .index
+                .mark_evicted(
+                    sizes.keys().cloned().collect(),
+                    unix_millis(SystemTime::now()),
+                )
+                .await?;
+            self.drop_from_memory(marked.iter().filter_map(|k| ObjectKey::new(k.clone()).ok()));
+            for key in &marked {
+                marked_bytes += sizes.get(key).copied().unwrap_or(0);
+                tracing::debug!(key = %key, "marked for eviction");
+            }
+        }
+    }
+
+    /// Delete the objects of rows marked for eviction longer ago than the grace period, then
+    /// their rows. A key fetched again since its mark is live again and keeps its object.
+    /// Returns the objects deleted.
+    pub async fn delete_evicted(&self) -> Result<usize, CacheError> {
+        let before = unix_millis(SystemTime::now()).saturating_sub(
+            u64::try_from(self.settings.eviction_grace.as_millis()).unwrap_or(u64::MAX),
+        );
+        let mut deleted = 0;
+        loop {
+            let marked = self.index.marked_before(before, BATCH).await?;
+            if marked.is_empty() {
+                return Ok(deleted);
+            }
+            for key in marked {
+                let Ok(object) = ObjectKey::new(key.clone()) else {
+                    self.index.remove_marked(&key).await?;
+                    continue;
+                };
+                // A fetch of the key running here will put a new object and revive the row
+                // (a fetch on another node holds its lease, which the shared index checks).
+                let in_flight = self
+                    .flights
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&object);
+                if in_flight {
+                    return Ok(deleted); // try again on the next pass
+                }
+                match self.storage.delete(&object).await {
+                    Ok(()) => {}
+                    Err(err) if err.is_not_found() => {}
+                    Err(err) => {
+                        tracing::error!(key = %key, error = %err, "could not delete an evicted object");
+                        return Ok(deleted);
+                    }
+                }
+                if self.index.remove_marked(&key).await? {
+                    deleted += 1;
+                    tracing::debug!(key = %key, "evicted");
+                }
             }
         }
     }
 }
 
-/// Deletes evicted objects once their grace period is over, oldest first, unless the key was
-/// fetched again meanwhile; then their index rows.
-async fn delete_evicted(
-    cache: std::sync::Weak<Cache>,
-    mut evicted: mpsc::UnboundedReceiver<(Arc<ArtifactEntry>, tokio::time::Instant)>,
-    grace: Duration,
-) {
-    while let Some((entry, at)) = evicted.recv().await {
-        tokio::time::sleep_until(at + grace).await;
-        let Some(cache) = cache.upgrade() else {
+/// Evict and delete on a schedule (and when a commit goes over the limit) for as long as the
+/// cache lives.
+async fn evict_in_background(cache: std::sync::Weak<Cache>) {
+    loop {
+        let Some(strong) = cache.upgrade() else {
             return;
         };
-        if cache.lookup(&entry.key).is_some() {
-            continue; // fetched again: the object is the new one
+        if let Err(err) = strong.evict().await {
+            tracing::error!(error = %err, "eviction failed");
         }
-        match cache.storage.delete(&entry.key).await {
-            Ok(()) => {
-                if let Err(err) = cache
-                    .index
-                    .remove(vec![entry.key.as_str().to_owned()])
-                    .await
-                {
-                    tracing::error!(key = %entry.key, error = %err, "could not remove an evicted entry from the index");
-                }
-                tracing::debug!(key = %entry.key, size = entry.size, "evicted");
-            }
-            Err(err) => {
-                tracing::error!(key = %entry.key, error = %err, "could not delete an evicted object");
-            }
+        if let Err(err) = strong.delete_evicted().await {
+            tracing::error!(error = %err, "could not delete evicted objects");
         }
+        let pause = strong
+            .settings
+            .eviction_grace
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        // Held for at most the pause: a cache dropped meanwhile ends this task at the next turn.
+        let _ = tokio::time::timeout(pause, strong.evict_wake.notified()).await;
     }
 }
 

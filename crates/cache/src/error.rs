@@ -63,17 +63,11 @@ pub enum CacheError {
     Storage(Arc<proxyd_storage_core::Error>),
     /// The index database failed.
     #[error("index: {0}")]
-    Index(String),
+    Index(#[from] crate::IndexError),
 }
 
 impl From<proxyd_storage_core::Error> for CacheError {
     fn from(err: proxyd_storage_core::Error) -> Self {
         Self::Storage(Arc::new(err))
-    }
-}
-
-impl From<rusqlite::Error> for CacheError {
-    fn from(err: rusqlite::Error) -> Self {
-        Self::Index(err.to_string())
     }
 }

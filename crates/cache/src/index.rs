@@ -1,18 +1,61 @@
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+//! The index traits: what the cache asks of the database that is the source of truth for what
+//! is cached. SQLite (`proxyd-index-sqlite`) implements them for one node; a shared database
+//! implements them for several.
+//!
+//! The parts are separate traits because they are separate jobs a shared database must do
+//! right: artifact records (with the totals kept beside them and the two-phase eviction),
+//! metadata documents and their validators, fetch leases (one upstream fetch per artifact),
+//! and the eviction lease (one evictor at a time).
+
+use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::CacheError;
-use crate::entry::{Document, from_unix_secs, unix_secs};
+use crate::entry::Document;
+
+/// Whether retrying an index call may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IndexErrorKind {
+    /// Busy, locked, unreachable, or timed out: the same call may succeed later.
+    Temporary,
+    /// The database holds a schema newer than this proxyd knows: upgrade proxyd.
+    SchemaTooNew,
+    /// Anything else (corrupt file, bad permissions, a bug): retrying will not help.
+    Permanent,
+}
+
+/// An index call that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct IndexError {
+    /// What a caller can do about it.
+    pub kind: IndexErrorKind,
+    /// One line for the log.
+    pub message: String,
+}
+
+impl IndexError {
+    /// A failure of `kind`.
+    pub fn new(kind: IndexErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Whether retrying may help.
+    pub fn is_temporary(&self) -> bool {
+        self.kind == IndexErrorKind::Temporary
+    }
+}
 
 /// One artifact row of the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexRecord {
     /// Storage key.
     pub key: String,
-    /// Ecosystem label.
+    /// Ecosystem label (the instance).
     pub ecosystem: String,
     /// Package name.
     pub name: String,
@@ -32,232 +75,210 @@ pub struct IndexRecord {
     pub fetched_at: u64,
     /// Hit count.
     pub hit_count: u64,
-    /// Last access, seconds since the epoch.
-    pub last_access: u64,
+    /// Last access, milliseconds since the epoch (the eviction order).
+    pub last_access_ms: u64,
 }
 
-/// Where the cache keeps its index. SQLite by default; a shared database can implement it to
-/// serve several proxyd nodes.
+/// Hits to add to a row, and its latest access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessUpdate {
+    /// Storage key.
+    pub key: String,
+    /// Hits since the last update.
+    pub hits: u64,
+    /// Last access, milliseconds since the epoch (only ever moves forward).
+    pub last_access_ms: u64,
+}
+
+/// Cached artifacts and their bytes, for one ecosystem label; rows marked for eviction are not
+/// counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexTotals {
+    /// Ecosystem label.
+    pub ecosystem: String,
+    /// Rows.
+    pub artifacts: u64,
+    /// Sum of their sizes.
+    pub bytes: u64,
+}
+
+/// A row chosen for eviction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Victim {
+    /// Storage key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Artifact records: the cache reads through to these on a memory miss and writes every
+/// commit, hit batch and eviction here.
+///
+/// Eviction is two-phase: a row is first *marked* (it no longer counts, and lookups no longer
+/// see it), its object is deleted after the grace period, then the row. A row that is put again
+/// while marked is live again.
 #[async_trait]
-pub trait Index: Send + Sync + std::fmt::Debug + 'static {
-    /// Every artifact row.
-    async fn load_all(&self) -> Result<Vec<IndexRecord>, CacheError>;
-    /// Insert or replace an artifact row.
-    async fn upsert(&self, record: IndexRecord) -> Result<(), CacheError>;
-    /// Remove artifact rows.
-    async fn remove(&self, keys: Vec<String>) -> Result<(), CacheError>;
-    /// Add hits and set last-access times: `(key, hits to add, last access)`.
-    async fn record_access(&self, batch: Vec<(String, u64, u64)>) -> Result<(), CacheError>;
-    /// A stored metadata document.
-    async fn document(&self, key: String) -> Result<Option<Document>, CacheError>;
-    /// Store a metadata document.
-    async fn put_document(&self, key: String, document: Document) -> Result<(), CacheError>;
+pub trait ArtifactIndex: Send + Sync + std::fmt::Debug + 'static {
+    /// The live (unmarked) row for `key`.
+    async fn artifact(&self, key: &str) -> Result<Option<IndexRecord>, IndexError>;
+    /// Insert or replace a row (a replaced row that was marked is live again).
+    async fn put_artifact(&self, record: IndexRecord) -> Result<(), IndexError>;
+    /// Remove rows, marked or not.
+    async fn remove_artifacts(&self, keys: Vec<String>) -> Result<(), IndexError>;
+    /// Add hits and move last-access times forward.
+    async fn record_access(&self, batch: Vec<AccessUpdate>) -> Result<(), IndexError>;
+    /// Live rows and bytes per ecosystem label (kept with the rows, not counted on each call).
+    async fn totals(&self) -> Result<Vec<IndexTotals>, IndexError>;
+    /// Up to `limit` live rows, least recently used first.
+    async fn least_recently_used(&self, limit: usize) -> Result<Vec<Victim>, IndexError>;
+    /// Mark rows for eviction at `at_ms`; the keys that were live and are now marked.
+    async fn mark_evicted(&self, keys: Vec<String>, at_ms: u64) -> Result<Vec<String>, IndexError>;
+    /// Up to `limit` rows marked at or before `before_ms`, oldest mark first.
+    async fn marked_before(&self, before_ms: u64, limit: usize) -> Result<Vec<String>, IndexError>;
+    /// Remove the row for `key` if it is still marked; whether it was.
+    async fn remove_marked(&self, key: &str) -> Result<bool, IndexError>;
+    /// Reconciliation saw these objects in storage at `at_ms`: note it on their rows, and
+    /// return the keys no row (live or marked) knows.
+    async fn sighted(&self, keys: Vec<String>, at_ms: u64) -> Result<Vec<String>, IndexError>;
+    /// Up to `limit` live rows fetched before `before_ms` and not sighted since: their objects
+    /// may be gone.
+    async fn unsighted(&self, before_ms: u64, limit: usize) -> Result<Vec<String>, IndexError>;
 }
 
-/// The embedded SQLite index.
-#[derive(Clone)]
-pub struct SqliteIndex {
-    conn: Arc<Mutex<Connection>>,
-    path: String,
+/// Upstream metadata documents with their validators, so a node that restarts (or one that
+/// never fetched a document) can revalidate or serve it stale.
+#[async_trait]
+pub trait DocumentIndex: Send + Sync + std::fmt::Debug + 'static {
+    /// A stored document.
+    async fn document(&self, key: &str) -> Result<Option<Document>, IndexError>;
+    /// Store a document.
+    async fn put_document(&self, key: &str, document: Document) -> Result<(), IndexError>;
 }
 
-impl std::fmt::Debug for SqliteIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteIndex")
-            .field("path", &self.path)
-            .finish()
-    }
+/// The outcome of asking for a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// The caller holds it until the deadline it asked for (renew to keep it).
+    Acquired,
+    /// Another owner holds it.
+    HeldElsewhere {
+        /// That owner.
+        owner: String,
+    },
 }
 
-const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
-CREATE TABLE IF NOT EXISTS artifacts (
-    key TEXT PRIMARY KEY,
-    ecosystem TEXT NOT NULL,
-    name TEXT NOT NULL,
-    version TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    upstream_url TEXT NOT NULL,
-    fetched_at INTEGER NOT NULL,
-    hit_count INTEGER NOT NULL DEFAULT 0,
-    last_access INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS documents (
-    key TEXT PRIMARY KEY,
-    body BLOB NOT NULL,
-    etag TEXT,
-    last_modified TEXT,
-    content_type TEXT,
-    fetched_at INTEGER NOT NULL
-);
-";
-
-impl SqliteIndex {
-    /// Open (creating if missing, with its parent directory) the database at `path`.
-    pub fn open(path: &Path) -> Result<Self, CacheError> {
-        if let Some(parent) = path.parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                CacheError::Index(format!("cannot create {}: {e}", parent.display()))
-            })?;
-        }
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            path: path.display().to_string(),
-        })
-    }
-
-    /// An in-memory database (tests).
-    pub fn in_memory() -> Result<Self, CacheError> {
-        let conn = Connection::open_in_memory()?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            path: ":memory:".into(),
-        })
-    }
-
-    async fn with<T: Send + 'static>(
+/// One upstream fetch per artifact across every node sharing the index: the node that holds an
+/// artifact's lease fetches it; the others wait for its row, and take the lease over when it
+/// expires (its owner died).
+#[async_trait]
+pub trait FetchLeases: Send + Sync + std::fmt::Debug + 'static {
+    /// Take the lease on `key` for `ttl`, unless another owner holds an unexpired one.
+    async fn acquire_fetch(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, CacheError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| CacheError::Index(e.to_string()))?
-        .map_err(CacheError::from)
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, IndexError>;
+    /// Extend a held lease; `false` if the caller no longer holds it.
+    async fn renew_fetch(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, IndexError>;
+    /// Give the lease up (nothing if the caller does not hold it).
+    async fn release_fetch(&self, key: &str, owner: &str) -> Result<(), IndexError>;
+}
+
+/// One evictor at a time across every node sharing the index.
+#[async_trait]
+pub trait EvictionLease: Send + Sync + std::fmt::Debug + 'static {
+    /// Take (or extend) the eviction lease for `ttl`, unless another owner holds it.
+    async fn acquire_eviction(&self, owner: &str, ttl: Duration) -> Result<Lease, IndexError>;
+    /// Give it up.
+    async fn release_eviction(&self, owner: &str) -> Result<(), IndexError>;
+}
+
+/// Everything the cache needs of its index.
+pub trait Index: ArtifactIndex + DocumentIndex + FetchLeases + EvictionLease {}
+
+impl<T: ArtifactIndex + DocumentIndex + FetchLeases + EvictionLease> Index for T {}
+
+/// Leases held in this process's memory: right for an index only one process uses (SQLite),
+/// where they order the fetches and evictions of the caches sharing it.
+#[derive(Debug, Default)]
+pub struct LocalLeases {
+    held: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl LocalLeases {
+    /// No lease held.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, std::time::Instant)>>
+    {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take `name` for `ttl` unless another owner holds it unexpired.
+    pub fn acquire(&self, name: &str, owner: &str, ttl: Duration) -> Lease {
+        let now = std::time::Instant::now();
+        let mut held = self.held();
+        // Expired leases go whenever a lease is taken: the map holds only live fetches.
+        held.retain(|_, (_, until)| *until > now);
+        match held.get(name) {
+            Some((other, _)) if other != owner => Lease::HeldElsewhere {
+                owner: other.clone(),
+            },
+            _ => {
+                held.insert(name.to_owned(), (owner.to_owned(), now + ttl));
+                Lease::Acquired
+            }
+        }
+    }
+
+    /// Extend `name` if `owner` holds it.
+    pub fn renew(&self, name: &str, owner: &str, ttl: Duration) -> bool {
+        let now = std::time::Instant::now();
+        match self.held().get_mut(name) {
+            Some((holder, until)) if holder == owner && *until > now => {
+                *until = now + ttl;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Give `name` up if `owner` holds it.
+    pub fn release(&self, name: &str, owner: &str) {
+        let mut held = self.held();
+        if held.get(name).is_some_and(|(holder, _)| holder == owner) {
+            held.remove(name);
+        }
     }
 }
 
-#[async_trait]
-impl Index for SqliteIndex {
-    async fn load_all(&self) -> Result<Vec<IndexRecord>, CacheError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT key, ecosystem, name, version, filename, size, sha256, content_type,
-                        upstream_url, fetched_at, hit_count, last_access FROM artifacts",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(IndexRecord {
-                    key: r.get(0)?,
-                    ecosystem: r.get(1)?,
-                    name: r.get(2)?,
-                    version: r.get(3)?,
-                    filename: r.get(4)?,
-                    size: r.get::<_, i64>(5)? as u64,
-                    sha256: r.get(6)?,
-                    content_type: r.get(7)?,
-                    upstream_url: r.get(8)?,
-                    fetched_at: r.get::<_, i64>(9)? as u64,
-                    hit_count: r.get::<_, i64>(10)? as u64,
-                    last_access: r.get::<_, i64>(11)? as u64,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    async fn upsert(&self, rec: IndexRecord) -> Result<(), CacheError> {
-        self.with(move |conn| {
-            conn.execute(
-                "INSERT OR REPLACE INTO artifacts (key, ecosystem, name, version, filename, size,
-                    sha256, content_type, upstream_url, fetched_at, hit_count, last_access)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    rec.key,
-                    rec.ecosystem,
-                    rec.name,
-                    rec.version,
-                    rec.filename,
-                    rec.size as i64,
-                    rec.sha256,
-                    rec.content_type,
-                    rec.upstream_url,
-                    rec.fetched_at as i64,
-                    rec.hit_count as i64,
-                    rec.last_access as i64
-                ],
-            )
-            .map(|_| ())
-        })
-        .await
-    }
-
-    async fn remove(&self, keys: Vec<String>) -> Result<(), CacheError> {
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
-            for key in &keys {
-                tx.execute("DELETE FROM artifacts WHERE key = ?1", params![key])?;
-            }
-            tx.commit()
-        })
-        .await
-    }
-
-    async fn record_access(&self, batch: Vec<(String, u64, u64)>) -> Result<(), CacheError> {
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
-            for (key, hits, last) in &batch {
-                tx.execute(
-                    "UPDATE artifacts SET hit_count = hit_count + ?2,
-                        last_access = MAX(last_access, ?3) WHERE key = ?1",
-                    params![key, *hits as i64, *last as i64],
-                )?;
-            }
-            tx.commit()
-        })
-        .await
-    }
-
-    async fn document(&self, key: String) -> Result<Option<Document>, CacheError> {
-        self.with(move |conn| {
-            conn.query_row(
-                "SELECT body, etag, last_modified, content_type, fetched_at FROM documents
-                 WHERE key = ?1",
-                params![key],
-                |r| {
-                    Ok(Document {
-                        body: r.get::<_, Vec<u8>>(0)?.into(),
-                        etag: r.get(1)?,
-                        last_modified: r.get(2)?,
-                        content_type: r.get(3)?,
-                        fetched_at: from_unix_secs(r.get::<_, i64>(4)? as u64),
-                    })
-                },
-            )
-            .optional()
-        })
-        .await
-    }
-
-    async fn put_document(&self, key: String, doc: Document) -> Result<(), CacheError> {
-        self.with(move |conn| {
-            conn.execute(
-                "INSERT OR REPLACE INTO documents (key, body, etag, last_modified, content_type,
-                    fetched_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    key,
-                    doc.body.as_ref(),
-                    doc.etag,
-                    doc.last_modified,
-                    doc.content_type,
-                    unix_secs(doc.fetched_at) as i64
-                ],
-            )
-            .map(|_| ())
-        })
-        .await
+    #[test]
+    fn local_leases_exclude_until_released_or_expired() {
+        let leases = LocalLeases::new();
+        let long = Duration::from_secs(60);
+        assert_eq!(leases.acquire("k", "a", long), Lease::Acquired);
+        assert_eq!(
+            leases.acquire("k", "b", long),
+            Lease::HeldElsewhere { owner: "a".into() }
+        );
+        assert!(leases.renew("k", "a", long));
+        assert!(!leases.renew("k", "b", long));
+        leases.release("k", "b");
+        assert!(matches!(
+            leases.acquire("k", "b", long),
+            Lease::HeldElsewhere { .. }
+        ));
+        leases.release("k", "a");
+        assert_eq!(leases.acquire("k", "b", Duration::ZERO), Lease::Acquired);
+        assert_eq!(leases.acquire("k", "c", long), Lease::Acquired, "expired");
     }
 }

@@ -4,7 +4,6 @@ mod cache;
 mod digest;
 mod entry;
 mod error;
-mod evict;
 mod index;
 pub mod metric_names;
 
@@ -12,5 +11,7 @@ pub use cache::{Cache, CacheSettings, EcosystemStats, Fetched, Stats, UpstreamBo
 pub use digest::{DigestVerifier, ExpectedDigest, Verifier};
 pub use entry::{ArtifactEntry, ArtifactSpec, Document};
 pub use error::{CacheError, FailureKind, FetchFailure};
-pub use evict::{EvictionPolicy, LruPolicy};
-pub use index::{Index, IndexRecord, SqliteIndex};
+pub use index::{
+    AccessUpdate, ArtifactIndex, DocumentIndex, EvictionLease, FetchLeases, Index, IndexError,
+    IndexErrorKind, IndexRecord, IndexTotals, Lease, LocalLeases, Victim,
+};

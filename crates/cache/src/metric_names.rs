@@ -31,3 +31,8 @@ pub const SLOW_READERS_TOTAL: &str = "proxyd_slow_readers_total";
 /// Counter, label `ecosystem`: downloads served from the upstream without caching because
 /// storage failed.
 pub const STORAGE_BYPASS_TOTAL: &str = "proxyd_storage_bypass_total";
+/// Counter, label `operation`: index calls that failed (a failed lookup is served as a miss).
+pub const INDEX_ERRORS_TOTAL: &str = "proxyd_index_errors_total";
+/// Counter, label `outcome` (`fetched`, `other_node`, `took_over`, `timeout`, `index_error`):
+/// how fetch leases were settled.
+pub const FETCH_LEASES_TOTAL: &str = "proxyd_fetch_leases_total";

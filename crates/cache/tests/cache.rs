@@ -8,9 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use proxyd_cache::{
-    ArtifactSpec, Cache, CacheError, CacheSettings, ExpectedDigest, FailureKind, FetchFailure,
-    Fetched, Index, SqliteIndex, UpstreamBody,
+    AccessUpdate, ArtifactIndex, DocumentIndex, EvictionLease, FetchLeases, IndexError,
+    IndexErrorKind, IndexRecord, IndexTotals, Lease, Victim,
 };
+use proxyd_cache::{
+    ArtifactSpec, Cache, CacheError, CacheSettings, ExpectedDigest, FailureKind, FetchFailure,
+    Fetched, UpstreamBody,
+};
+use proxyd_index_sqlite::SqliteIndex;
 use proxyd_storage_core::{ObjectKey, Storage};
 use proxyd_storage_fs::FsStorage;
 use proxyd_testkit::conformance::{body, failing_body, pattern, read_all};
@@ -125,7 +130,7 @@ async fn fifty_concurrent_misses_make_one_upstream_fetch() {
         1,
         "exactly one upstream fetch"
     );
-    assert!(s.cache.lookup(&spec("pkg", &data).key).is_some());
+    assert!(s.cache.lookup(&spec("pkg", &data).key).await.is_some());
 }
 
 #[tokio::test]
@@ -143,7 +148,7 @@ async fn digest_mismatch_commits_nothing_and_fails_the_body() {
     let fetched = s.cache.fetch(spec("bad", &data), source).await.unwrap();
     let err = drain(fetched, &s.storage).await.unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
-    assert!(s.cache.lookup(&spec("bad", &data).key).is_none());
+    assert!(s.cache.lookup(&spec("bad", &data).key).await.is_none());
     assert!(
         proxyd_storage_core::list_all(&*s.storage, "")
             .await
@@ -152,7 +157,7 @@ async fn digest_mismatch_commits_nothing_and_fails_the_body() {
         "nothing stored"
     );
     assert!(
-        s.index.load_all().await.unwrap().is_empty(),
+        s.index.totals().await.unwrap().is_empty(),
         "nothing indexed"
     );
 }
@@ -195,7 +200,7 @@ async fn broken_and_short_downloads_commit_nothing() {
             .unwrap()
             .is_empty()
     );
-    assert!(s.cache.lookup(&short_key).is_none());
+    assert!(s.cache.lookup(&short_key).await.is_none());
 }
 
 #[tokio::test]
@@ -236,19 +241,32 @@ async fn eviction_removes_least_recently_used() {
         drain(fetched, &s.storage).await.unwrap();
         if name == "b" {
             // "a" is used after "b": hits reach the policy in batches, with the flush.
-            let a = s.cache.lookup(&spec("a", &pattern(100, 0)).key).unwrap();
+            let a = s
+                .cache
+                .lookup(&spec("a", &pattern(100, 0)).key)
+                .await
+                .unwrap();
             s.cache.record_hit(&a);
             s.cache.flush().await.unwrap();
         }
     }
-    let stats = s.cache.stats();
+    s.cache.evict().await.unwrap();
+    let stats = s.cache.stats().await;
     assert!(stats.bytes <= 250, "{stats:?}");
     assert_eq!(stats.evicted_bytes, 100);
     assert!(
-        s.cache.lookup(&spec("b", &pattern(100, 1)).key).is_none(),
+        s.cache
+            .lookup(&spec("b", &pattern(100, 1)).key)
+            .await
+            .is_none(),
         "b was evicted"
     );
-    assert!(s.cache.lookup(&spec("a", &pattern(100, 0)).key).is_some());
+    assert!(
+        s.cache
+            .lookup(&spec("a", &pattern(100, 0)).key)
+            .await
+            .is_some()
+    );
     // The object goes on a background task, after the grace period (none here).
     assert_eq!(stored_keys(&s.storage, 2).await.len(), 2);
 }
@@ -284,9 +302,10 @@ async fn an_evicted_object_outlives_the_grace_period_of_what_was_handed_out() {
         let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
         drain(fetched, &s.storage).await.unwrap();
     }
+    s.cache.evict().await.unwrap();
     let old = spec("old", &pattern(100, 0)).key;
     assert!(
-        s.cache.lookup(&old).is_none(),
+        s.cache.lookup(&old).await.is_none(),
         "no new hit or redirect for it"
     );
     assert!(
@@ -298,7 +317,7 @@ async fn an_evicted_object_outlives_the_grace_period_of_what_was_handed_out() {
         1,
         "then it is deleted"
     );
-    assert_eq!(s.cache.stats().evicted_bytes, 100);
+    assert_eq!(s.cache.stats().await.evicted_bytes, 100);
 }
 
 #[tokio::test]
@@ -312,24 +331,35 @@ async fn hits_are_batched_into_the_index_and_missing_objects_are_forgotten() {
     )
     .await
     .unwrap();
-    let entry = s.cache.lookup(&spec("h", &data).key).unwrap();
+    let entry = s.cache.lookup(&spec("h", &data).key).await.unwrap();
     for _ in 0..3 {
         s.cache.record_hit(&entry);
     }
-    assert_eq!(
-        s.index.load_all().await.unwrap()[0].hit_count,
-        0,
-        "no write on the hot path"
-    );
+    let hits = || async {
+        s.index
+            .artifact(entry.key.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .hit_count
+    };
+    assert_eq!(hits().await, 0, "no write on the hot path");
     s.cache.flush().await.unwrap();
-    assert_eq!(s.index.load_all().await.unwrap()[0].hit_count, 3);
-    let stats = s.cache.stats();
+    assert_eq!(hits().await, 3);
+    let stats = s.cache.stats().await;
     assert_eq!((stats.hits, stats.misses), (3, 1));
 
     s.storage.delete(&entry.key).await.unwrap();
     assert_eq!(s.cache.verify_storage().await.unwrap(), (1, 0));
-    assert!(s.cache.lookup(&entry.key).is_none());
-    assert!(s.index.load_all().await.unwrap().is_empty());
+    assert!(s.cache.lookup(&entry.key).await.is_none());
+    assert!(
+        s.index
+            .artifact(entry.key.as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.index.totals().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -354,7 +384,10 @@ async fn index_survives_restart() {
     let cache = Cache::open(storage, index, CacheSettings::default())
         .await
         .unwrap();
-    let entry = cache.lookup(&spec("r", &data).key).expect("entry reloaded");
+    let entry = cache
+        .lookup(&spec("r", &data).key)
+        .await
+        .expect("entry reloaded");
     assert_eq!(entry.size, 64);
     let _ = Bytes::new();
 }
@@ -443,10 +476,12 @@ async fn small_artifacts_are_served_from_memory_after_the_first_hit() {
     let small = s
         .cache
         .lookup(&spec("small", &pattern(500, 7)).key)
+        .await
         .unwrap();
     let large = s
         .cache
         .lookup(&spec("large", &pattern(5_000, 7)).key)
+        .await
         .unwrap();
     assert_eq!(
         s.cache.small_body(&small).await.unwrap().unwrap(),
@@ -476,31 +511,87 @@ struct FlakyIndex {
 }
 
 #[async_trait::async_trait]
-impl Index for FlakyIndex {
-    async fn load_all(&self) -> Result<Vec<proxyd_cache::IndexRecord>, CacheError> {
-        self.inner.load_all().await
+impl ArtifactIndex for FlakyIndex {
+    async fn artifact(&self, key: &str) -> Result<Option<IndexRecord>, IndexError> {
+        self.inner.artifact(key).await
     }
-    async fn upsert(&self, record: proxyd_cache::IndexRecord) -> Result<(), CacheError> {
+    async fn put_artifact(&self, record: IndexRecord) -> Result<(), IndexError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(CacheError::Index("database is locked".into()));
+            return Err(IndexError::new(
+                IndexErrorKind::Temporary,
+                "database is locked",
+            ));
         }
-        self.inner.upsert(record).await
+        self.inner.put_artifact(record).await
     }
-    async fn remove(&self, keys: Vec<String>) -> Result<(), CacheError> {
-        self.inner.remove(keys).await
+    async fn remove_artifacts(&self, keys: Vec<String>) -> Result<(), IndexError> {
+        self.inner.remove_artifacts(keys).await
     }
-    async fn record_access(&self, batch: Vec<(String, u64, u64)>) -> Result<(), CacheError> {
+    async fn record_access(&self, batch: Vec<AccessUpdate>) -> Result<(), IndexError> {
         self.inner.record_access(batch).await
     }
-    async fn document(&self, key: String) -> Result<Option<proxyd_cache::Document>, CacheError> {
+    async fn totals(&self) -> Result<Vec<IndexTotals>, IndexError> {
+        self.inner.totals().await
+    }
+    async fn least_recently_used(&self, limit: usize) -> Result<Vec<Victim>, IndexError> {
+        self.inner.least_recently_used(limit).await
+    }
+    async fn mark_evicted(&self, keys: Vec<String>, at: u64) -> Result<Vec<String>, IndexError> {
+        self.inner.mark_evicted(keys, at).await
+    }
+    async fn marked_before(&self, at: u64, limit: usize) -> Result<Vec<String>, IndexError> {
+        self.inner.marked_before(at, limit).await
+    }
+    async fn remove_marked(&self, key: &str) -> Result<bool, IndexError> {
+        self.inner.remove_marked(key).await
+    }
+    async fn sighted(&self, keys: Vec<String>, at: u64) -> Result<Vec<String>, IndexError> {
+        self.inner.sighted(keys, at).await
+    }
+    async fn unsighted(&self, before: u64, limit: usize) -> Result<Vec<String>, IndexError> {
+        self.inner.unsighted(before, limit).await
+    }
+}
+
+#[async_trait::async_trait]
+impl DocumentIndex for FlakyIndex {
+    async fn document(&self, key: &str) -> Result<Option<proxyd_cache::Document>, IndexError> {
         self.inner.document(key).await
     }
     async fn put_document(
         &self,
-        key: String,
+        key: &str,
         document: proxyd_cache::Document,
-    ) -> Result<(), CacheError> {
+    ) -> Result<(), IndexError> {
         self.inner.put_document(key, document).await
+    }
+}
+
+#[async_trait::async_trait]
+impl FetchLeases for FlakyIndex {
+    async fn acquire_fetch(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, IndexError> {
+        self.inner.acquire_fetch(key, owner, ttl).await
+    }
+    async fn renew_fetch(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, IndexError> {
+        self.inner.renew_fetch(key, owner, ttl).await
+    }
+    async fn release_fetch(&self, key: &str, owner: &str) -> Result<(), IndexError> {
+        self.inner.release_fetch(key, owner).await
+    }
+}
+
+#[async_trait::async_trait]
+impl EvictionLease for FlakyIndex {
+    async fn acquire_eviction(&self, owner: &str, ttl: Duration) -> Result<Lease, IndexError> {
+        self.inner.acquire_eviction(owner, ttl).await
+    }
+    async fn release_eviction(&self, owner: &str) -> Result<(), IndexError> {
+        self.inner.release_eviction(owner).await
     }
 }
 
@@ -523,23 +614,23 @@ async fn a_failed_index_write_is_retried_until_the_index_takes_it() {
         .unwrap();
     assert_eq!(drain(fetched, &storage).await.unwrap(), data);
     assert!(
-        cache.lookup(&spec("unrecorded", &data).key).is_some(),
+        cache.lookup(&spec("unrecorded", &data).key).await.is_some(),
         "served and counted"
     );
-    assert_eq!(cache.stats().cached_artifacts, 1);
-    assert!(index.load_all().await.unwrap().is_empty());
+    assert_eq!(cache.stats().await.cached_artifacts, 1);
+    let key = spec("unrecorded", &data).key;
+    assert!(index.artifact(key.as_str()).await.unwrap().is_none());
     assert!(
         cache.flush().await.is_err(),
         "still failing: kept for the next flush"
     );
     index.failing.store(false, Ordering::SeqCst);
     cache.flush().await.unwrap();
-    let records = index.load_all().await.unwrap();
-    assert_eq!(
-        records.len(),
-        1,
+    assert!(
+        index.artifact(key.as_str()).await.unwrap().is_some(),
         "the row is written once the index takes it"
     );
+    assert_eq!(cache.stats().await.cached_artifacts, 1, "and counted once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,4 +672,186 @@ async fn reconciliation_deletes_objects_no_entry_knows_under_proxyds_prefixes() 
         ["npm/known/-/known-1.0.0.tgz", "operator/notes.txt"],
         "the orphan under npm/ went; the known object and a key outside proxyd's stayed"
     );
+}
+
+/// Two caches over one index and one store, as two nodes would be.
+async fn two_nodes(settings: CacheSettings) -> (Setup, Arc<Cache>) {
+    let s = setup(settings.clone()).await;
+    let other = Cache::open(s.storage.clone(), s.index.clone(), settings)
+        .await
+        .unwrap();
+    (s, other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_spread_over_two_nodes_make_one_upstream_fetch() {
+    let (s, other) = two_nodes(CacheSettings::default()).await;
+    let data = pattern(500_000, 3);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..50)
+        .map(|n| {
+            let cache = if n % 2 == 0 {
+                s.cache.clone()
+            } else {
+                other.clone()
+            };
+            let (storage, calls, data) = (s.storage.clone(), calls.clone(), data.clone());
+            tokio::spawn(async move {
+                let source = {
+                    let data = data.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok(UpstreamBody {
+                            content_length: Some(data.len() as u64),
+                            body: body(data, 8192),
+                        })
+                    }
+                };
+                let fetched = cache.fetch(spec("shared", &data), source).await.unwrap();
+                drain(fetched, &storage).await.unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), data);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one upstream request");
+    // Each node sees what the other cached, without a restart.
+    let key = spec("shared", &data).key;
+    assert!(s.cache.lookup(&key).await.is_some());
+    assert!(other.lookup(&key).await.is_some());
+    assert_eq!(other.stats().await.cached_artifacts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_owner_died_is_taken_over_when_it_expires() {
+    let s = setup(CacheSettings::default()).await;
+    let data = pattern(1_000, 6);
+    let key = spec("orphaned", &data).key;
+    // A node took the lease and died: nobody renews it.
+    s.index
+        .acquire_fetch(key.as_str(), "dead-node", Duration::from_millis(400))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let fetched = s
+        .cache
+        .fetch(spec("orphaned", &data), upstream(&data, 100, false))
+        .await
+        .unwrap();
+    assert_eq!(drain(fetched, &s.storage).await.unwrap(), data);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "waited for the lease to expire first"
+    );
+    assert!(s.cache.lookup(&key).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waiting_on_a_lease_serves_what_the_holder_commits() {
+    let (s, other) = two_nodes(CacheSettings::default()).await;
+    let data = pattern(200_000, 2);
+    let slow = {
+        let data = data.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(UpstreamBody {
+                content_length: Some(data.len() as u64),
+                body: body(data, 4096),
+            })
+        }
+    };
+    let first = s.cache.fetch(spec("waited", &data), slow).await.unwrap();
+    let storage = s.storage.clone();
+    let reader = tokio::spawn(async move { drain(first, &storage).await });
+    let second = other
+        .fetch(spec("waited", &data), async {
+            unreachable!("the other node holds the lease")
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(second, Fetched::Cached(_)),
+        "a hit on the second node"
+    );
+    assert_eq!(drain(second, &s.storage).await.unwrap(), data);
+    assert_eq!(reader.await.unwrap().unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_in_memory_stay_within_their_size_and_the_rest_reads_through() {
+    let s = setup(CacheSettings {
+        entry_cache_bytes: 64 * 1024,
+        ..CacheSettings::default()
+    })
+    .await;
+    let mut keys = Vec::new();
+    for n in 0..400 {
+        let data = pattern(64, n as u8);
+        let name = format!("many{n}");
+        let fetched = s
+            .cache
+            .fetch(spec(&name, &data), upstream(&data, 64, false))
+            .await
+            .unwrap();
+        drain(fetched, &s.storage).await.unwrap();
+        keys.push(spec(&name, &data).key);
+    }
+    let (count, bytes) = s.cache.entries_in_memory();
+    assert!(bytes <= 64 * 1024, "{bytes} bytes in memory");
+    assert!(count < 400, "{count} entries in memory");
+    for key in &keys {
+        assert!(s.cache.lookup(key).await.is_some(), "{key} reads through");
+    }
+    let (_, bytes) = s.cache.entries_in_memory();
+    assert!(
+        bytes <= 64 * 1024,
+        "{bytes} bytes in memory after reading all"
+    );
+    assert_eq!(s.cache.stats().await.cached_artifacts, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_marked_before_a_restart_are_finished_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path().join("a")).await.unwrap());
+    let settings = CacheSettings {
+        max_size: Some(150),
+        eviction_grace: Duration::from_secs(3600),
+        ..CacheSettings::default()
+    };
+    {
+        let index = Arc::new(SqliteIndex::open(&dir.path().join("i.db")).unwrap());
+        let cache = Cache::open(storage.clone(), index, settings.clone())
+            .await
+            .unwrap();
+        for (i, name) in ["old", "new"].into_iter().enumerate() {
+            let data = pattern(100, i as u8);
+            let fetched = cache
+                .fetch(spec(name, &data), upstream(&data, 10, false))
+                .await
+                .unwrap();
+            drain(fetched, &storage).await.unwrap();
+        }
+        cache.evict().await.unwrap();
+        assert_eq!(cache.stats().await.bytes, 100);
+        assert_eq!(cache.delete_evicted().await.unwrap(), 0, "within its grace");
+    }
+    assert_eq!(stored_keys(&storage, 2).await.len(), 2);
+    // Restarted with no grace left: the marked object goes, the row with it.
+    let index = Arc::new(SqliteIndex::open(&dir.path().join("i.db")).unwrap());
+    let cache = Cache::open(
+        storage.clone(),
+        index.clone(),
+        CacheSettings {
+            eviction_grace: Duration::ZERO,
+            ..settings
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(cache.delete_evicted().await.unwrap(), 1);
+    assert_eq!(stored_keys(&storage, 1).await, ["npm/new/-/new-1.0.0.tgz"]);
+    assert!(index.marked_before(u64::MAX, 10).await.unwrap().is_empty());
 }

@@ -208,7 +208,7 @@ impl Front {
             headers: extra,
             resolve,
         } = stored;
-        let mut response = match self.cache.lookup(&key) {
+        let mut response = match self.cache.lookup(&key).await {
             Some(entry) if is_fresh(&entry, freshness) => {
                 self.serve_hit(asker, entry, resolve).await
             }

@@ -262,7 +262,7 @@ impl Front {
         let (response, label) = match path {
             "/health" => (self.health().await, None),
             "/metrics" => (self.metrics_text(), None),
-            "/stats" => (self.stats(), None),
+            "/stats" => (self.stats().await, None),
             _ => match self.route(path) {
                 (Route::Instance(mount), rest) => {
                     let request = EcosystemRequest {
@@ -349,8 +349,8 @@ impl Front {
         response
     }
 
-    fn stats(&self) -> Response<Body> {
-        let stats = self.cache.stats();
+    async fn stats(&self) -> Response<Body> {
+        let stats = self.cache.stats().await;
         let ecosystems: serde_json::Map<String, serde_json::Value> = stats
             .ecosystems
             .iter()

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use proxyd_cache::{ArtifactSpec, Cache, CacheSettings, SqliteIndex};
+use proxyd_cache::{ArtifactSpec, Cache, CacheSettings};
 use proxyd_ecosystem::http::{HeaderMap, HeaderValue, Method, Request};
 use proxyd_ecosystem::{
     Ecosystem, EcosystemRequest, FreshnessRule, MountedInstance, ObjectKey, Refusal, Reply,
     StoredReply, Upstream, UpstreamClients, UpstreamLimits, UpstreamSettings, Url, read_only,
 };
 use proxyd_http_front::{DirectServeSettings, Front, FrontSettings};
+use proxyd_index_sqlite::SqliteIndex;
 use proxyd_storage_fs::FsStorage;
 use proxyd_testkit::static_server::{Fault, StaticServer};
 

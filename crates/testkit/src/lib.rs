@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod ecosystem_suite;
 pub mod emulators;
 pub mod forward;
+pub mod index_suite;
 pub mod npm_registry;
 pub mod proxyd;
 pub mod pypi_registry;
