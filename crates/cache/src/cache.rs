@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 use proxyd_storage_core::{ByteStream, ObjectKey, PutOptions, Storage};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::entry::{ArtifactEntry, ArtifactSpec, Document, from_unix_secs, unix_secs};
@@ -31,7 +31,42 @@ const CHANNEL_DEPTH: usize = 4;
 /// Chunks a live reader may fall behind before it is left to continue from storage.
 const LIVE_CHUNKS: usize = 64;
 
+/// A fetch in progress, as requests for the same key find it.
+#[derive(Clone)]
+struct Flight {
+    /// The committed entry or the failure, at the end.
+    result: watch::Receiver<FlightResult>,
+    /// How the upstream answered (or that another node had it).
+    started: watch::Receiver<Option<Result<Started, FetchFailure>>>,
+    /// The live bytes, to subscribe to until the first of them is published (a reader that
+    /// subscribes then misses nothing); `None` after that, when joiners wait for the commit.
+    joinable: Arc<Mutex<Option<broadcast::Sender<Piece>>>>,
+}
+
+/// Where a fetch publishes its bytes: the live readers, and the window in which more may join.
+struct LiveOut {
+    pieces: broadcast::Sender<Piece>,
+    joinable: Arc<Mutex<Option<broadcast::Sender<Piece>>>>,
+}
+
+impl LiveOut {
+    /// Publish `piece` (no reader left is fine: the fetch completes for the cache). The first
+    /// piece closes the window for joining live: later joiners wait for the commit.
+    fn send(&mut self, piece: Piece) {
+        if let Some(window) = self
+            .joinable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            drop(window);
+        }
+        let _ = self.pieces.send(piece);
+    }
+}
+
 /// How the task that runs a fetch starts.
+#[derive(Clone)]
 enum Started {
     /// The upstream answered: the bytes follow, of this length when announced.
     Streaming(Option<u64>),
@@ -231,7 +266,7 @@ pub struct Cache {
     /// Bumped whenever entries leave (eviction, a missing object) or are replaced, so a lookup
     /// that read the index before does not put back what left.
     generation: AtomicU64,
-    flights: Mutex<HashMap<ObjectKey, watch::Receiver<FlightResult>>>,
+    flights: Mutex<HashMap<ObjectKey, Flight>>,
     dirty: Mutex<Vec<Arc<ArtifactEntry>>>,
     counters: RwLock<FastMap<String, Arc<Counters>>>,
     /// The index's totals as last read (the gauges and `/stats`).
@@ -834,10 +869,13 @@ impl Cache {
     where
         F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send + 'static,
     {
+        let (pieces, leader) = broadcast::channel(LIVE_CHUNKS);
+        let (started_tx, started_rx) = watch::channel(None);
+        let joinable = Arc::new(Mutex::new(Some(pieces.clone())));
         let joined = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(rx) = flights.get(&spec.key) {
-                Err(rx.clone())
+            if let Some(flight) = flights.get(&spec.key) {
+                Err(flight.clone())
             } else if let Some(entry) = self
                 .entries
                 .get(&spec.key)
@@ -848,13 +886,30 @@ impl Cache {
                 return Ok(Fetched::Cached(entry));
             } else {
                 let (tx, rx) = watch::channel(None);
-                flights.insert(spec.key.clone(), rx);
+                let flight = Flight {
+                    result: rx,
+                    started: started_rx.clone(),
+                    joinable: joinable.clone(),
+                };
+                flights.insert(spec.key.clone(), flight);
                 Ok(tx)
             }
         };
         let done = match joined {
-            Err(rx) => {
-                return match self.wait_for(spec.ecosystem, rx).await {
+            Err(flight) => {
+                let live = flight
+                    .joinable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(broadcast::Sender::subscribe);
+                let waited = match live {
+                    // Joined before the first byte: this request follows the bytes as they
+                    // arrive, like the one that started the fetch.
+                    Some(live) => self.follow_flight(&spec, flight, live).await,
+                    None => self.wait_for(spec.ecosystem, flight.result).await,
+                };
+                return match waited {
                     // The fetch could not be stored: this request fetches for itself, uncached.
                     Err(CacheError::Fetch(f)) if f.kind == FailureKind::Storage => {
                         self.pass_through(spec, source).await
@@ -870,23 +925,24 @@ impl Cache {
         };
         self.record_miss(spec.ecosystem);
         let result_rx = done.subscribe();
-        let (pieces, leader) = broadcast::channel(LIVE_CHUNKS);
-        let (headers_tx, headers_rx) = oneshot::channel();
         let key = spec.key.clone();
         let content_type = spec.content_type.clone();
         // The fetch runs on its own: the request that started it may go away, or stop reading,
         // and neither the fill nor the requests waiting for it notice.
         let cache = self.clone();
         tokio::spawn(async move {
+            let live = LiveOut { pieces, joinable };
             cache
-                .run_fetch(spec, source, newer_than, done, pieces, headers_tx)
+                .run_fetch(spec, source, newer_than, done, live, started_tx)
                 .await;
         });
-        let content_length = match headers_rx.await {
-            Ok(Ok(Started::Streaming(content_length))) => content_length,
-            Ok(Ok(Started::Cached(entry))) => return Ok(Fetched::Cached(entry)),
-            Ok(Err(failure)) => return Err(failure.into()),
-            Err(_) => {
+        let mut started = started_rx;
+        let outcome = started.wait_for(Option::is_some).await.map(|s| s.clone());
+        let content_length = match outcome {
+            Ok(Some(Ok(Started::Streaming(content_length)))) => content_length,
+            Ok(Some(Ok(Started::Cached(entry)))) => return Ok(Fetched::Cached(entry)),
+            Ok(Some(Err(failure))) => return Err(failure.into()),
+            Ok(None) | Err(_) => {
                 return Err(
                     FetchFailure::upstream("the upstream fetch ended without a result").into(),
                 );
@@ -897,6 +953,46 @@ impl Cache {
             content_type,
             body: self.follow_live(key, leader, result_rx),
         })
+    }
+
+    /// Follow a fetch another request started, from its first byte on (`live` subscribed
+    /// before any was published), within `fetch_wait` for the upstream to answer.
+    async fn follow_flight(
+        self: &Arc<Self>,
+        spec: &ArtifactSpec,
+        mut flight: Flight,
+        live: broadcast::Receiver<Piece>,
+    ) -> Result<Fetched, CacheError> {
+        metrics::counter!(m::COALESCED_FETCHES_TOTAL, "ecosystem" => spec.ecosystem).increment(1);
+        let waited = tokio::time::timeout(
+            self.settings.fetch_wait,
+            flight.started.wait_for(Option::is_some),
+        )
+        .await
+        .map(|r| r.map(|s| s.clone()));
+        let (outcome, result) = match waited {
+            Ok(Ok(Some(Ok(Started::Streaming(content_length))))) => (
+                "live",
+                Ok(Fetched::Streaming {
+                    content_length,
+                    content_type: spec.content_type.clone(),
+                    body: self.follow_live(spec.key.clone(), live, flight.result),
+                }),
+            ),
+            Ok(Ok(Some(Ok(Started::Cached(entry))))) => ("hit", Ok(Fetched::Cached(entry))),
+            Ok(Ok(Some(Err(failure)))) => ("failed", Err(failure.into())),
+            Ok(Ok(None) | Err(_)) => (
+                "failed",
+                Err(FetchFailure::upstream("the upstream fetch ended without a result").into()),
+            ),
+            Err(_) => (
+                "timeout",
+                Err(FetchFailure::timeout("timed out waiting for the upstream fetch").into()),
+            ),
+        };
+        metrics::counter!(m::FETCH_WAITS_TOTAL, "ecosystem" => spec.ecosystem, "outcome" => outcome)
+            .increment(1);
+        result
     }
 
     /// The bytes of a fetch as they arrive. A reader that falls more than [`LIVE_CHUNKS`] behind
@@ -1018,20 +1114,20 @@ impl Cache {
         source: F,
         newer_than: Option<SystemTime>,
         done: FlightGuard,
-        pieces: broadcast::Sender<Piece>,
-        headers: oneshot::Sender<Result<Started, FetchFailure>>,
+        live: LiveOut,
+        headers: watch::Sender<Option<Result<Started, FetchFailure>>>,
     ) where
         F: Future<Output = Result<UpstreamBody, FetchFailure>> + Send,
     {
         let leased = match self.take_fetch_lease(&spec, newer_than).await {
             Ok(LeaseOutcome::Fetch { leased }) => leased,
             Ok(LeaseOutcome::Cached(entry)) => {
-                let _ = headers.send(Ok(Started::Cached(entry.clone())));
+                let _ = headers.send(Some(Ok(Started::Cached(entry.clone()))));
                 done.finish(Ok(entry));
                 return;
             }
             Err(failure) => {
-                let _ = headers.send(Err(failure.clone()));
+                let _ = headers.send(Some(Err(failure.clone())));
                 done.finish(Err(failure));
                 return;
             }
@@ -1042,15 +1138,15 @@ impl Cache {
         let key = spec.key.clone();
         match source.await {
             Ok(upstream) => {
-                let _ = headers.send(Ok(Started::Streaming(upstream.content_length)));
-                self.clone().ingest(spec, upstream, pieces, done).await;
+                let _ = headers.send(Some(Ok(Started::Streaming(upstream.content_length))));
+                self.clone().ingest(spec, upstream, live, done).await;
             }
             Err(failure) => {
                 if failure.kind != FailureKind::NotFound {
                     metrics::counter!(m::UPSTREAM_ERRORS_TOTAL, "ecosystem" => spec.ecosystem, "kind" => "artifact")
                         .increment(1);
                 }
-                let _ = headers.send(Err(failure.clone()));
+                let _ = headers.send(Some(Err(failure.clone())));
                 done.finish(Err(failure));
             }
         }
@@ -1205,7 +1301,7 @@ impl Cache {
         self: Arc<Self>,
         mut spec: ArtifactSpec,
         mut upstream: UpstreamBody,
-        live: broadcast::Sender<Piece>,
+        mut live: LiveOut,
         done: FlightGuard,
     ) {
         let (store_tx, store_rx) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_DEPTH);
@@ -1246,7 +1342,7 @@ impl Cache {
             }
             if let Some(previous) = held.replace(chunk) {
                 // No reader left is fine: the fetch completes for the cache.
-                let _ = live.send(Piece::Data(previous));
+                live.send(Piece::Data(previous));
             }
         }
         if failure.is_none()
@@ -1300,22 +1396,22 @@ impl Cache {
         match &result {
             Ok(_) => {
                 if let Some(last) = held {
-                    let _ = live.send(Piece::Data(last));
+                    live.send(Piece::Data(last));
                 }
-                let _ = live.send(Piece::Done);
+                live.send(Piece::Done);
             }
             Err(f) if f.kind == FailureKind::Storage => {
                 // Verified, not stored: the live readers get it whole all the same.
                 self.note_storage_failure();
                 self.count_bypass(spec.ecosystem, &f.message);
                 if let Some(last) = held {
-                    let _ = live.send(Piece::Data(last));
+                    live.send(Piece::Data(last));
                 }
-                let _ = live.send(Piece::Done);
+                live.send(Piece::Done);
             }
             Err(f) => {
                 tracing::warn!(key = %spec.key, url = %spec.upstream_url, error = %f.message, "artifact not cached");
-                let _ = live.send(Piece::Failed(f.message.clone()));
+                live.send(Piece::Failed(f.message.clone()));
             }
         }
         done.finish(result);
