@@ -24,7 +24,8 @@ pub const EVICTED_BYTES_TOTAL: &str = "proxyd_evicted_bytes_total";
 pub const DIRECT_SERVE_ACTIVE: &str = "proxyd_direct_serve_active";
 /// Counter, label `ecosystem`: requests that waited for another request's fetch.
 pub const COALESCED_FETCHES_TOTAL: &str = "proxyd_coalesced_fetches_total";
-/// Counter, labels `ecosystem`, `outcome` (`hit`, `failed`, `timeout`): how those waits ended.
+/// Counter, labels `ecosystem`, `outcome` (`live`, `hit`, `failed`, `timeout`): how those waits
+/// ended (`live`: joined before the first byte and streamed alongside the first request).
 pub const FETCH_WAITS_TOTAL: &str = "proxyd_fetch_waits_total";
 /// Counter: readers of a fetch in progress that fell behind it and continued from storage.
 pub const SLOW_READERS_TOTAL: &str = "proxyd_slow_readers_total";
