@@ -453,7 +453,7 @@ pub(crate) fn load(
                 0
             })
     };
-    let hot_cache_size = size("storage.hot_cache_size", 64 << 20, &mut problems);
+    let hot_cache_size = size("storage.hot_cache_size", 8 << 20, &mut problems);
     let hot_cache_max_object = size("storage.hot_cache_max_object", 64 << 10, &mut problems);
     let database_path = PathBuf::from(
         parse("database.path", &mut problems).unwrap_or_else(|| "./data/proxyd.db".into()),
@@ -461,7 +461,7 @@ pub(crate) fn load(
     let mt_raw = parse("metadata_ttl", &mut problems);
     let metadata_ttl = duration("metadata_ttl", mt_raw, "5m", &mut problems);
     let metadata_cache_size = size("metadata_cache_size", 256_000_000, &mut problems);
-    let database_cache_size = size("database.cache_size", 16_000_000, &mut problems);
+    let database_cache_size = size("database.cache_size", 8 << 20, &mut problems);
     let hrt_raw = parse("server.header_read_timeout", &mut problems);
     let header_read_timeout = duration("server.header_read_timeout", hrt_raw, "10s", &mut problems);
     if header_read_timeout.is_zero() {

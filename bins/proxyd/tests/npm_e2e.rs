@@ -153,6 +153,11 @@ async fn install_cycle(backend: Backend, with_public_base: bool) {
         let location = resp.headers()["location"].to_str().unwrap().to_owned();
         let cc = resp.headers()["cache-control"].to_str().unwrap();
         assert!(cc.starts_with("private, max-age="), "{cc}");
+        let max_age: u64 = cc.rsplit('=').next().unwrap().parse().unwrap();
+        assert!(max_age <= 450, "at most half of the 15m lifetime: {cc}");
+        // A signature a few seconds old is handed out again (no signing per request).
+        let again = client.get(&url).send().await.unwrap();
+        assert_eq!(again.headers()["location"].to_str().unwrap(), location);
         if let Some(base) = &case.public_base {
             assert!(
                 location.starts_with(base.as_str()),

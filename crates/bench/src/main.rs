@@ -5,6 +5,7 @@ mod peers;
 mod procs;
 mod stub;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use peers::{Env, Server};
 use procs::wrk;
+use sha2::{Digest, Sha256};
 use stub::{Shape, Stub, bytes_of};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -154,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |n: u32| args.only.as_ref().is_none_or(|o| o.contains(&n));
     let mut rows = Vec::new();
     let s = args.seconds;
-    for n in 1..=6 {
+    for n in 1..=7 {
         if !wanted(n) {
             continue;
         }
@@ -164,7 +166,8 @@ async fn main() -> anyhow::Result<()> {
             3 => redirects(&env, s).await.map(|r| vec![r]),
             4 => memory(&env, s).await,
             5 => coalescing(&env).await,
-            _ => metadata(&env, s).await,
+            6 => metadata(&env, s).await,
+            _ => scale(&env).await,
         };
         match result {
             Ok(new) => {
@@ -590,5 +593,233 @@ async fn metadata(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
             Some(5.0),
         ));
     }
+    Ok(rows)
+}
+
+/// Rows in the index of scenario 7a.
+const SCALE_ROWS: u64 = 1_000_000;
+/// Of which have an object in storage and are hit.
+const SCALE_HIT: u64 = 100_000;
+
+/// Fill proxyd's index in `dir` with [`SCALE_ROWS`] npm artifacts (every tenth with a 16-byte
+/// object in its filesystem storage), as a release of proxyd would have written them.
+fn million_artifacts(dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = dir.join("proxyd.db");
+    drop(proxyd_index_sqlite::SqliteIndex::open(&path)?); // the current schema
+    let body = b"sixteen bytes!!\n";
+    let sha = hex::encode(Sha256::digest(body));
+    let mut conn = rusqlite::Connection::open(&path)?;
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO artifacts (key, ecosystem, name, version, filename, size, sha256,
+                content_type, upstream_url, fetched_at, hit_count, last_access)
+             VALUES (?1, 'npm', ?2, '1.0.0', ?3, 16, ?4, 'application/octet-stream',
+                'http://127.0.0.1:9/x.tgz', 1700000000, 0, ?5)",
+        )?;
+        for n in 0..SCALE_ROWS {
+            let name = format!("p{n}");
+            let file = format!("{name}-1.0.0.tgz");
+            let key = format!("npm/{name}/-/{file}");
+            insert.execute(rusqlite::params![
+                key,
+                name,
+                file,
+                sha,
+                1_700_000_000_000i64 + n as i64
+            ])?;
+            if n % (SCALE_ROWS / SCALE_HIT) == 0 {
+                let object = dir.join("artifacts").join(&key);
+                std::fs::create_dir_all(object.parent().context("parent")?)?;
+                std::fs::write(object, body)?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// GET every URL of `urls` once, `concurrency` at a time; the statuses seen.
+async fn get_each(urls: Vec<String>, concurrency: usize) -> anyhow::Result<HashMap<u16, usize>> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let statuses: Vec<u16> = futures::stream::iter(urls)
+        .map(|url| {
+            let client = client.clone();
+            async move {
+                let resp = client.get(&url).send().await?;
+                let status = resp.status().as_u16();
+                resp.bytes().await?;
+                Ok::<_, anyhow::Error>(status)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let mut seen = HashMap::new();
+    for s in statuses {
+        *seen.entry(s).or_default() += 1;
+    }
+    Ok(seen)
+}
+
+/// Scenario 7, scale: a million cached artifacts; 20,000 unknown names; 2,000 packuments in a
+/// small metadata cache; a client that stops reading beside one that does not.
+async fn scale(env: &Env) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let stub = Stub::start(Shape::default()).await;
+
+    // 7a. A million rows: start-up and memory, then 100,000 hits spread over them.
+    let started = Instant::now();
+    let mut prepared = Duration::ZERO;
+    let proxyd = env.proxyd_prepared(&npm_yaml(&stub), &[], |dir| {
+        million_artifacts(dir)?;
+        prepared = started.elapsed();
+        Ok(())
+    })?;
+    let health = format!("{}/health", proxyd.url());
+    while !reqwest::get(&health).await?.status().is_success() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let startup = started.elapsed() - prepared;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_started = proxyd.proc.rss() as f64 / MIB;
+    let stats: serde_json::Value =
+        serde_json::from_slice(&get_all(&format!("{}/stats", proxyd.url())).await?)?;
+    anyhow::ensure!(
+        stats["cached_artifacts"] == SCALE_ROWS,
+        "proxyd counts {} artifacts",
+        stats["cached_artifacts"]
+    );
+    let step = SCALE_ROWS / SCALE_HIT;
+    let urls = (0..SCALE_HIT)
+        .map(|i| {
+            let n = i * step;
+            format!("{}/npm/p{n}/-/p{n}-1.0.0.tgz", proxyd.url())
+        })
+        .collect();
+    let seen = get_each(urls, 64).await?;
+    anyhow::ensure!(
+        seen.get(&200) == Some(&(SCALE_HIT as usize)),
+        "statuses of the hits: {seen:?}"
+    );
+    let rss_hits = proxyd.proc.rss() as f64 / MIB;
+    let peak = proxyd.proc.peak_rss() as f64 / MIB;
+    drop(proxyd);
+    rows.push(Row::absolute(
+        "7a. 1,000,000 artifacts in the index: start-up to /health 200",
+        format!("{:.0} ms", startup.as_secs_f64() * 1000.0),
+        "<= 500 ms",
+        startup <= Duration::from_millis(500),
+    ));
+    rows.push(Row::absolute(
+        "7a. resident memory after start-up; after 100,000 hits over 100,000 of them",
+        format!("{rss_started:.1} MiB; {rss_hits:.1} MiB (peak {peak:.1})"),
+        "<= 64 MiB",
+        rss_started <= 64.0 && rss_hits <= 64.0,
+    ));
+
+    // 7b. 20,000 made-up names, each asked twice.
+    let proxyd = env.proxyd(&npm_yaml(&stub), &[])?;
+    let warm = (0..100)
+        .map(|n| format!("{}/npm/warmup-{n}", proxyd.url()))
+        .collect();
+    get_each(warm, 16).await?;
+    let before = proxyd.proc.rss() as f64 / MIB;
+    let names: Vec<String> = (0..20_000).map(|n| format!("made-up-{n}")).collect();
+    for _ in 0..2 {
+        let urls = names
+            .iter()
+            .map(|n| format!("{}/npm/{n}", proxyd.url()))
+            .collect();
+        let seen = get_each(urls, 64).await?;
+        anyhow::ensure!(seen.get(&404) == Some(&20_000), "statuses: {seen:?}");
+    }
+    let growth = proxyd.proc.rss() as f64 / MIB - before;
+    let most = names
+        .iter()
+        .map(|n| stub.hits(&format!("/{n}")))
+        .max()
+        .unwrap_or(0);
+    drop(proxyd);
+    rows.push(Row::absolute(
+        "7b. 20,000 unknown names, each asked twice: memory growth; most upstream requests for one name",
+        format!("{growth:.1} MiB; {most}"),
+        "<= 8 MiB; 1",
+        growth <= 8.0 && most == 1,
+    ));
+
+    // 7c. 2,000 packuments of 50 KB each in a 16 MB metadata cache.
+    for n in 0..2_000 {
+        stub.publish_npm(
+            &format!("doc{n}"),
+            &[("1.0.0".into(), Bytes::from_static(b"x"))],
+            50_000,
+        );
+    }
+    let proxyd = env.proxyd(
+        &format!("metadata_cache_size: 16MB\n{}", npm_yaml(&stub)),
+        &[],
+    )?;
+    get_each(vec![format!("{}/npm/doc0", proxyd.url())], 1).await?;
+    let before = proxyd.proc.rss() as f64 / MIB;
+    let urls = (0..2_000)
+        .map(|n| format!("{}/npm/doc{n}", proxyd.url()))
+        .collect();
+    let seen = get_each(urls, 32).await?;
+    anyhow::ensure!(seen.get(&200) == Some(&2_000), "statuses: {seen:?}");
+    let growth = proxyd.proc.rss() as f64 / MIB - before;
+    drop(proxyd);
+    rows.push(Row::absolute(
+        "7c. 2,000 packuments of 50 KB, metadata_cache_size 16MB: memory growth",
+        format!("{growth:.1} MiB"),
+        "<= 48 MiB",
+        growth <= 48.0,
+    ));
+
+    // 7d. Two clients of one cold 8 MiB artifact from an upstream sending 8 MiB/s: one stops
+    // reading after its first bytes; the other's download against the upstream's own.
+    stub.publish_npm("paced", &[("1.0.0".into(), bytes_of(8 << 20, 7))], 0);
+    let proxyd = env.proxyd(&npm_yaml(&stub), &[])?;
+    get_all(&format!("{}/npm/paced", proxyd.url())).await?;
+    stub.set_shape(Shape {
+        latency: Duration::from_millis(50),
+        bandwidth: Some(8 << 20),
+    });
+    let client = reqwest::Client::new();
+    let direct = format!("{}/paced/-/paced-1.0.0.tgz", stub.url());
+    let t = Instant::now();
+    client.get(&direct).send().await?.bytes().await?;
+    let upstream_alone = t.elapsed();
+    let url = format!("{}/npm/paced/-/paced-1.0.0.tgz", proxyd.url());
+    let t = Instant::now();
+    let (stalled, reader) = tokio::join!(
+        async {
+            let mut resp = client.get(&url).send().await?;
+            let first = resp.chunk().await?;
+            Ok::<_, anyhow::Error>((resp, first))
+        },
+        async {
+            let body = client.get(&url).send().await?.bytes().await?;
+            Ok::<_, anyhow::Error>((body.len(), t.elapsed()))
+        }
+    );
+    let (_held, _) = stalled?;
+    let (len, reader_time) = reader?;
+    anyhow::ensure!(len == 8 << 20, "short download: {len}");
+    let delay_ms = (reader_time.as_secs_f64() - upstream_alone.as_secs_f64()) * 1000.0;
+    drop(proxyd);
+    rows.push(Row::absolute(
+        "7d. a client that stops reading: the other client's delay over the upstream's pace (8 MiB at 8 MiB/s)",
+        format!(
+            "{delay_ms:.1} ms (upstream alone {:.0} ms)",
+            upstream_alone.as_secs_f64() * 1000.0
+        ),
+        "<= 10 ms",
+        delay_ms <= 10.0,
+    ));
     Ok(rows)
 }

@@ -55,7 +55,19 @@ impl Env {
 
     /// proxyd with `yaml` appended to a config that binds a free port; files in a temp dir.
     pub(crate) fn proxyd(&self, yaml: &str, envs: &[(&str, String)]) -> anyhow::Result<Server> {
+        self.proxyd_prepared(yaml, envs, |_| Ok(()))
+    }
+
+    /// [`Env::proxyd`], with `prepare` run on its directory (its index is `proxyd.db`, its
+    /// filesystem storage `artifacts/`) before it starts.
+    pub(crate) fn proxyd_prepared(
+        &self,
+        yaml: &str,
+        envs: &[(&str, String)],
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Server> {
         let dir = self.dir("proxyd")?;
+        prepare(dir.path())?;
         let port = free_port();
         let mut config = format!(
             "listen: 127.0.0.1:{port}\nlog:\n  level: warn\ndatabase:\n  path: {}\n",

@@ -81,6 +81,11 @@ impl Proc {
         status_kib(self.pid(), "VmHWM:") * 1024
     }
 
+    /// Resident memory now (VmRSS) in bytes.
+    pub(crate) fn rss(&self) -> u64 {
+        status_kib(self.pid(), "VmRSS:") * 1024
+    }
+
     /// Reset the peak to the current resident size.
     pub(crate) fn reset_peak(&self) {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");

@@ -10,12 +10,22 @@ use proxyd_cache::{Cache, Document, FetchFailure};
 
 use crate::{DocumentReply, Refusal, Reply, Upstream, UpstreamError, UpstreamResponse};
 
-/// Memory for negative entries (names and files the upstream does not have), by key length:
-/// a bound on what clients that make up names can cost.
+/// Memory for negative entries (names and files the upstream does not have): a bound on what
+/// clients that make up names can cost. Each is a 128-bit fingerprint of its key (no copy of
+/// the name is kept) weighed at [`ENTRY_OVERHEAD`]: about 32,000 entries.
 const MISSING_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What one kept entry costs beyond its bytes (key, allocation, the cache's own bookkeeping).
 const ENTRY_OVERHEAD: usize = 256;
+
+/// A key's fingerprint: the first 128 bits of its SHA-256 (no collision to fear, none to craft).
+fn fingerprint(key: &str) -> u128 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
+}
 
 fn weight(bytes: usize) -> u32 {
     u32::try_from(bytes.saturating_add(ENTRY_OVERHEAD)).unwrap_or(u32::MAX)
@@ -61,7 +71,7 @@ pub struct MetadataCache {
     ttl: Duration,
     memory: moka::sync::Cache<String, Arc<Document>>,
     rendered: moka::sync::Cache<String, Rendered>,
-    missing: moka::sync::Cache<String, ()>,
+    missing: moka::sync::Cache<u128, ()>,
     refreshing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -124,7 +134,7 @@ impl MetadataCache {
                 .build(),
             missing: moka::sync::Cache::builder()
                 .max_capacity(MISSING_BYTES)
-                .weigher(|key: &String, (): &()| weight(key.len()))
+                .weigher(|_: &u128, (): &()| weight(0))
                 .time_to_live(ttl)
                 .build(),
             refreshing: Mutex::new(HashMap::new()),
@@ -212,13 +222,14 @@ impl MetadataCache {
         }
         let known_missing =
             || UpstreamError::NotFound(crate::upstream::loggable(request.url).to_owned());
-        if self.missing.contains_key(key) {
+        let fingerprint = fingerprint(key);
+        if self.missing.contains_key(&fingerprint) {
             return Err(known_missing());
         }
         let lock = self.refresh_lock(key);
         let result = {
             let _one_refresh = lock.lock().await;
-            if self.missing.contains_key(key) {
+            if self.missing.contains_key(&fingerprint) {
                 // The request this one waited for found nothing.
                 Err(known_missing())
             } else {
@@ -226,7 +237,7 @@ impl MetadataCache {
             }
         };
         if matches!(result, Err(UpstreamError::NotFound(_))) {
-            self.missing.insert(key.to_owned(), ());
+            self.missing.insert(fingerprint, ());
         }
         self.release_refresh_lock(key, &lock);
         result
@@ -376,7 +387,7 @@ impl Documents {
         thing: &str,
         mut find: impl FnMut(&crate::Document) -> Result<Option<T>, String>,
     ) -> Result<Option<T>, FetchFailure> {
-        let missing_key = format!("{}\u{0}{thing}", self.full_key(request.key));
+        let missing_key = fingerprint(&format!("{}\u{0}{thing}", self.full_key(request.key)));
         if self.store.missing.contains_key(&missing_key) {
             // Known to be missing: look in the kept copy only, never forcing a refresh.
             let (doc, _) = self.get(request, false).await?;

@@ -27,7 +27,6 @@ fn set(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
 
 /// The response headers of one cached artifact, rendered once and kept with its entry: a hit
 /// only clones them (a reference count each).
-#[derive(Clone)]
 struct Rendered {
     content_type: Option<HeaderValue>,
     etag: Option<HeaderValue>,
@@ -35,7 +34,38 @@ struct Rendered {
     disposition_text: String,
     disposition: Option<HeaderValue>,
     length: HeaderValue,
+    /// The last presigned URL, handed out again while it is young (see [`REUSE_SIGNED_FOR`]).
+    signed: std::sync::Mutex<Option<Signed>>,
 }
+
+impl Clone for Rendered {
+    fn clone(&self) -> Self {
+        Self {
+            content_type: self.content_type.clone(),
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
+            disposition_text: self.disposition_text.clone(),
+            disposition: self.disposition.clone(),
+            length: self.length.clone(),
+            signed: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// A presigned URL as a `Location` value, with when it was signed and when it expires.
+#[derive(Clone)]
+struct Signed {
+    location: HeaderValue,
+    signed_at: std::time::Instant,
+    expires_at: SystemTime,
+}
+
+/// How long one presigned URL is handed out again, at most: an eighth of its lifetime, and
+/// never more than a minute. Every URL handed out thus has at least seven eighths of its
+/// lifetime left (and clients are told to reuse it for half of what is left), while a redirect
+/// costs a signature at most once a minute per artifact instead of once per request: with
+/// signing per request, redirects ran at 0.67-0.72 of nginx's fixed 302 (docs/performance.md).
+const REUSE_SIGNED_FOR: Duration = Duration::from_secs(60);
 
 impl Rendered {
     fn of(entry: &ArtifactEntry) -> Self {
@@ -48,6 +78,7 @@ impl Rendered {
             disposition: value(&disposition_text),
             disposition_text,
             length: HeaderValue::from(entry.size),
+            signed: std::sync::Mutex::new(None),
         }
     }
 }
@@ -328,8 +359,49 @@ impl Front {
     ) -> Option<Response<Body>> {
         let ttl = self.direct_serve_ttl();
         let rendered = rendered(entry);
+        let reuse_for = (ttl / 8).min(REUSE_SIGNED_FOR);
+        let young = rendered
+            .signed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|s| s.signed_at.elapsed() < reuse_for);
+        let signed = match young {
+            Some(signed) => signed,
+            None => self.sign(ecosystem, entry, &rendered, ttl).await?,
+        };
+        self.direct_serve_counter(ecosystem, "redirect")
+            .increment(1);
+        let lifetime = signed
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(ttl);
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = StatusCode::FOUND;
+        let h = response.headers_mut();
+        h.insert(header::LOCATION, signed.location);
+        // Shared caches must not keep it; a client may reuse it for half of what is left.
+        h.insert(
+            header::CACHE_CONTROL,
+            self.redirect_cache_control(lifetime.as_secs() / 2),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        Some(response)
+    }
+
+    /// A new presigned URL for `entry`, kept for reuse; `None` (counted and logged once) when
+    /// the backend cannot sign.
+    async fn sign(
+        &self,
+        ecosystem: &'static str,
+        entry: &ArtifactEntry,
+        rendered: &Rendered,
+        ttl: Duration,
+    ) -> Option<Signed> {
         let overrides =
             ResponseOverrides::new(Some(&entry.content_type), Some(&rendered.disposition_text));
+        let signed_at = std::time::Instant::now();
         match self
             .cache
             .storage()
@@ -337,28 +409,18 @@ impl Front {
             .await
         {
             Ok(url) => {
-                self.direct_serve_counter(ecosystem, "redirect")
-                    .increment(1);
                 tracing::debug!(key = %entry.key, location = %url.redacted(), "redirecting to storage");
-                let lifetime = url
-                    .expires_at()
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
-                    .min(ttl);
+                let expires_at = url.expires_at();
                 // Emitted byte for byte as signed (moved, not copied, into the header).
                 let location =
                     HeaderValue::from_maybe_shared(bytes::Bytes::from(url.into_string())).ok()?;
-                let mut response = Response::new(body::empty());
-                *response.status_mut() = StatusCode::FOUND;
-                let h = response.headers_mut();
-                h.insert(header::LOCATION, location);
-                // Shared caches must not keep it; a client may reuse it for half its life.
-                h.insert(
-                    header::CACHE_CONTROL,
-                    self.redirect_cache_control(lifetime.as_secs() / 2),
-                );
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-                Some(response)
+                let signed = Signed {
+                    location,
+                    signed_at,
+                    expires_at,
+                };
+                *rendered.signed.lock().unwrap_or_else(|p| p.into_inner()) = Some(signed.clone());
+                Some(signed)
             }
             Err(err) => {
                 let outcome = if err.kind() == ErrorKind::Unsupported {

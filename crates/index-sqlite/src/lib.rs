@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,8 +13,17 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_ite
 
 mod schema;
 
-/// Connections that read: lookups run beside each other and beside the writer (WAL).
-const READERS: usize = 4;
+/// Connections that read, each on a thread of its own: lookups run beside each other and
+/// beside the writer (WAL). Dedicated threads, not the runtime's blocking pool: a lookup burst
+/// then never grows the pool (each of its threads keeps allocator caches).
+const READERS: usize = 2;
+
+/// Pages each connection keeps in memory, in KiB (SQLite's default is 2 MiB; the operating
+/// system caches the file too).
+const PAGE_CACHE_KIB: u32 = 1024;
+
+/// Calls queued for the connection threads before callers wait.
+const QUEUE: usize = 256;
 
 /// How long a call waits for a lock held by another connection before it fails as temporary.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,10 +37,71 @@ pub struct SqliteIndex {
 
 struct Inner {
     path: String,
-    writer: Mutex<Connection>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
+    writer: Worker,
+    readers: Worker,
     leases: LocalLeases,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Threads that each own a connection and run the calls queued for them.
+struct Worker {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Worker {
+    fn start(name: &str, connections: Vec<Connection>) -> Result<Self, IndexError> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for (n, mut conn) in connections.into_iter().enumerate() {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{n}"))
+                .spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(&mut conn),
+                            Err(_) => return, // the index was dropped
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    IndexError::new(
+                        IndexErrorKind::Permanent,
+                        format!("cannot start an index thread: {e}"),
+                    )
+                })?;
+        }
+        Ok(Self { jobs })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, IndexError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(f(conn).map_err(index_error));
+        });
+        let jobs = self.jobs.clone();
+        // A full queue blocks the sender: wait for room off the runtime's threads.
+        match jobs.try_send(job) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(job)) => {
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|e| IndexError::new(IndexErrorKind::Permanent, e.to_string()))?
+                    .map_err(|_| stopped())?;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+        }
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> IndexError {
+    IndexError::new(IndexErrorKind::Permanent, "the index threads stopped")
 }
 
 impl std::fmt::Debug for SqliteIndex {
@@ -58,8 +127,10 @@ fn index_error(err: rusqlite::Error) -> IndexError {
 fn connect(path: &Path) -> Result<Connection, IndexError> {
     let conn = Connection::open(path).map_err(index_error)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(index_error)?;
-    conn.execute_batch("PRAGMA synchronous = NORMAL;")
-        .map_err(index_error)?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{PAGE_CACHE_KIB};"
+    ))
+    .map_err(index_error)?;
     Ok(conn)
 }
 
@@ -84,14 +155,13 @@ impl SqliteIndex {
             .map_err(index_error)?;
         schema::migrate(&mut writer)?;
         let readers = (0..READERS)
-            .map(|_| connect(path).map(Mutex::new))
+            .map(|_| connect(path))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.display().to_string(),
-                writer: Mutex::new(writer),
-                readers,
-                next_reader: AtomicUsize::new(0),
+                writer: Worker::start("index-writer", vec![writer])?,
+                readers: Worker::start("index-reader", readers)?,
                 leases: LocalLeases::new(),
             }),
         })
@@ -107,27 +177,14 @@ impl SqliteIndex {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, IndexError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn).map_err(index_error)
-        })
-        .await
-        .map_err(|e| IndexError::new(IndexErrorKind::Permanent, e.to_string()))?
+        self.inner.writer.run(f).await
     }
 
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, IndexError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let n = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
-            let conn = inner.readers[n].lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn).map_err(index_error)
-        })
-        .await
-        .map_err(|e| IndexError::new(IndexErrorKind::Permanent, e.to_string()))?
+        self.inner.readers.run(|conn| f(conn)).await
     }
 }
 
