@@ -24,12 +24,6 @@ pub(crate) fn registry() -> Registry {
     registry
 }
 
-/// The allocator: mimalloc served hits spread over a million artifacts (bench scenario 7a, by
-/// hand with wrk) at 33,000 requests/s where glibc's allocator gave 27,000, in the same
-/// resident memory.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Threads for file I/O. Each keeps allocator caches, so the bound is a memory bound too; disk
 /// reads and writes gain nothing from more threads than this.
 const MAX_BLOCKING_THREADS: usize = 16;

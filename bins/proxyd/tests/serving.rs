@@ -154,6 +154,7 @@ async fn object_deleted_behind_proxyds_back_is_fetched_again() {
             .unwrap(),
         registry.tarball(&pkg)
     );
+    proxyd.wait_cached(1).await;
     let stored = proxyd
         .artifacts_dir()
         .join("npm/vanishing/-/vanishing-1.0.0.tgz");
@@ -166,6 +167,13 @@ async fn object_deleted_behind_proxyds_back_is_fetched_again() {
         2,
         "fetched again after the deletion"
     );
+    proxyd.wait_cached(1).await;
+    for _ in 0..100 {
+        if stored.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(stored.exists(), "stored again");
 }
 
@@ -454,6 +462,7 @@ async fn two_npm_instances_have_their_own_mount_keys_and_label() {
         .await
         .unwrap();
     assert_eq!(body, internal.tarball(&Package::new("right", "1.0.0")));
+    proxyd.wait_cached(1).await;
     assert!(
         proxyd
             .artifacts_dir()
@@ -782,20 +791,28 @@ async fn a_storage_outage_turns_proxyd_into_a_plain_proxy() {
     assert_eq!(status, 200);
     assert_eq!(body.unwrap(), registry.tarball(&pkg));
     assert_eq!(proxyd.stats().await["cached_artifacts"], 0);
-    // Storage back: the next request caches it.
+    // Storage back: the next request caches it (or the first one's store, retried, did).
     gate.set_down(false);
     let (_, body) = get().await;
     assert_eq!(body.unwrap(), registry.tarball(&pkg));
-    assert_eq!(proxyd.stats().await["cached_artifacts"], 1);
+    proxyd.wait_cached(1).await;
     // A hit while storage is down: its object cannot be read, so the upstream serves it.
+    let before = registry.hits(&NpmRegistry::tarball_path(&pkg));
     gate.set_down(true);
     let (status, body) = get().await;
     assert_eq!(status, 200);
     assert_eq!(body.unwrap(), registry.tarball(&pkg));
-    assert_eq!(registry.hits(&NpmRegistry::tarball_path(&pkg)), 3);
+    assert_eq!(
+        registry.hits(&NpmRegistry::tarball_path(&pkg)),
+        before + 1,
+        "{}",
+        proxyd.log()
+    );
+    // The hit's bypass is counted (the first miss's too, unless its store, retried, succeeded
+    // once storage was back).
     let m = proxyd.metrics().await;
     assert!(
-        metric(&m, "proxyd_storage_bypass_total", &[("ecosystem", "npm")]) >= 2.0,
+        metric(&m, "proxyd_storage_bypass_total", &[("ecosystem", "npm")]) >= 1.0,
         "{m}"
     );
     assert_eq!(

@@ -706,6 +706,8 @@ async fn scale(env: &Env) -> anyhow::Result<Vec<Row>> {
         seen.get(&200) == Some(&(SCALE_HIT as usize)),
         "statuses of the hits: {seen:?}"
     );
+    // Resident memory once the last hits are written to the index (the peak is shown too).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_hits = proxyd.proc.rss() as f64 / MIB;
     let peak = proxyd.proc.peak_rss() as f64 / MIB;
     drop(proxyd);

@@ -1380,6 +1380,12 @@ impl Cache {
             }
             None => {
                 drop(store_tx);
+                // Verified: live readers get their last bytes now, not after storage has made
+                // the object durable (a client that knows the length is then complete); the
+                // end of the stream follows the commit.
+                if let Some(last) = held.take() {
+                    live.send(Piece::Data(last));
+                }
                 match put.await {
                     Ok(Ok(put)) => {
                         self.note_storage_success();
@@ -1397,19 +1403,11 @@ impl Cache {
             }
         };
         match &result {
-            Ok(_) => {
-                if let Some(last) = held {
-                    live.send(Piece::Data(last));
-                }
-                live.send(Piece::Done);
-            }
+            Ok(_) => live.send(Piece::Done),
             Err(f) if f.kind == FailureKind::Storage => {
-                // Verified, not stored: the live readers get it whole all the same.
+                // Verified, not stored: the live readers got it whole all the same.
                 self.note_storage_failure();
                 self.count_bypass(spec.ecosystem, &f.message);
-                if let Some(last) = held {
-                    live.send(Piece::Data(last));
-                }
                 live.send(Piece::Done);
             }
             Err(f) => {

@@ -169,6 +169,22 @@ impl ProxydProcess {
         serde_json::from_slice(&body).unwrap()
     }
 
+    /// Wait (at most 5 s) until `/stats` counts `n` cached artifacts: a client that knows the
+    /// length has its last byte before storage and the index have committed the artifact.
+    pub async fn wait_cached(&self, n: u64) {
+        for _ in 0..100 {
+            if self.stats().await["cached_artifacts"] == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!(
+            "never {n} cached artifacts: {}\n{}",
+            self.stats().await,
+            self.log()
+        );
+    }
+
     /// A corrupt upstream file was refused: nothing cached, and the log says which digest
     /// failed.
     pub async fn assert_refused_as_corrupt(&self, algorithm: &str) {
