@@ -13,6 +13,7 @@ mkdir -p "$tools"
 S3S_FS_VERSION=0.14.1
 AZURITE_VERSION=3.35.0
 CARGO_DENY_VERSION=0.20.2
+CARGO_FUZZ_VERSION=0.13.1
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -57,6 +58,13 @@ install_cargo_deny() {
     if [ ! -x "$tools/cargo-deny/bin/cargo-deny" ]; then
         step "installing cargo-deny $CARGO_DENY_VERSION"
         cargo install "cargo-deny@$CARGO_DENY_VERSION" --locked --root "$tools/cargo-deny"
+    fi
+}
+
+install_cargo_fuzz() {
+    if [ ! -x "$tools/cargo-fuzz/bin/cargo-fuzz" ]; then
+        step "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+        cargo install "cargo-fuzz@$CARGO_FUZZ_VERSION" --locked --root "$tools/cargo-fuzz"
     fi
 }
 

@@ -81,18 +81,22 @@ impl RefusalKind {
 pub struct Refusal {
     /// What kind.
     pub kind: RefusalKind,
-    /// One line.
+    /// One line: control characters a client sent (a path quoted back) are escaped, and it is
+    /// cut at [`Refusal::MAX_MESSAGE`] characters.
     pub message: String,
     /// For [`RefusalKind::MethodNotAllowed`]: the methods the route takes.
     pub allow: Option<&'static str>,
 }
 
 impl Refusal {
+    /// The longest message, in characters (a quoted path can be as long as a URI).
+    pub const MAX_MESSAGE: usize = 300;
+
     /// A refusal of `kind`.
     pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
         Self {
             kind,
-            message: message.into(),
+            message: one_line(message.into()),
             allow: None,
         }
     }
@@ -286,5 +290,41 @@ mod tests {
         let from_fetch = Refusal::from(FetchFailure::timeout("slow"));
         assert_eq!(from_fetch.status(), 504);
         assert_eq!(Refusal::from(FetchFailure::not_found("x")).status(), 404);
+    }
+}
+
+/// `message` as one line of at most [`Refusal::MAX_MESSAGE`] characters, control characters
+/// escaped (found by the `routes` fuzz target: a path with a newline, quoted back, made two).
+fn one_line(message: String) -> String {
+    if message.len() <= Refusal::MAX_MESSAGE && !message.chars().any(char::is_control) {
+        return message;
+    }
+    let mut out = String::with_capacity(Refusal::MAX_MESSAGE + 3);
+    for c in message.chars() {
+        if out.chars().count() >= Refusal::MAX_MESSAGE {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_one_short_line() {
+        let r = Refusal::not_found("no route for /a\nb\r\0c");
+        assert_eq!(r.message, "no route for /a\\nb\\r\\u{0}c");
+        let long = Refusal::bad_request("x".repeat(10_000));
+        assert_eq!(long.message.lines().count(), 1);
+        assert!(long.message.chars().count() <= Refusal::MAX_MESSAGE + 3);
+        assert_eq!(Refusal::bad_request("plain").message, "plain");
     }
 }

@@ -106,14 +106,14 @@ fn entity_headers(headers: &mut HeaderMap, rendered: &Rendered) {
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 }
 
-enum RangeRequest {
+pub(crate) enum RangeRequest {
     Whole,
     Part(Range<u64>),
     Unsatisfiable,
 }
 
 /// One `bytes=` range (several ranges are answered with the whole body, as RFC 9110 allows).
-fn parse_range(value: &str, size: u64) -> RangeRequest {
+pub(crate) fn parse_range(value: &str, size: u64) -> RangeRequest {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return RangeRequest::Whole;
     };

@@ -3,6 +3,9 @@
 mod artifact;
 mod body;
 mod front;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod server;
 
 pub use front::{DirectServeSettings, DisabledMount, Front, FrontSettings, MetricsRender};

@@ -1,0 +1,147 @@
+//! Every ecosystem's `route` over arbitrary methods and paths: no panic, only one-line 4xx
+//! refusals, nothing accepted for POST, and every accepted artifact under a valid storage key
+//! inside its instance's prefix. The handlers are built once, with no network.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use proxyd_cache::{Cache, CacheSettings};
+use proxyd_ecosystem::http::Method;
+use proxyd_ecosystem::{
+    Documents, Ecosystem, EcosystemContext, EcosystemKind, MetadataCache, ObjectKey,
+    UpstreamClients, UpstreamLimits, UpstreamSettings,
+};
+
+struct Handlers {
+    npm: proxyd_npm::Npm,
+    pypi: proxyd_pypi::PyPi,
+    cargo: proxyd_cargo::CargoRegistry,
+    _dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn handlers() -> &'static Handlers {
+    static HANDLERS: OnceLock<Handlers> = OnceLock::new();
+    HANDLERS.get_or_init(|| {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().to_owned();
+        let (npm, pypi, cargo) = runtime.block_on(async move {
+            let storage = proxyd_storage::open(
+                &format!("file://{}", path.join("a").display()),
+                &proxyd_storage::StorageOptions::default(),
+                &|_: &str| None,
+            )
+            .await
+            .expect("storage");
+            let index =
+                proxyd_index_sqlite::SqliteIndex::open(&path.join("index.db")).expect("index");
+            let cache = Cache::open(storage, Arc::new(index), CacheSettings::default())
+                .await
+                .expect("cache");
+            let clients =
+                Arc::new(UpstreamClients::new(&UpstreamSettings::default()).expect("clients"));
+            let store = Arc::new(MetadataCache::new(
+                cache,
+                std::time::Duration::from_secs(60),
+                1 << 20,
+            ));
+            let context = |instance: &'static str| {
+                let upstream = clients.for_instance(instance, None, UpstreamLimits::default());
+                EcosystemContext {
+                    instance,
+                    mount: instance,
+                    base_url: "http://proxy.test".into(),
+                    mount_url: format!("http://proxy.test/{instance}"),
+                    documents: Documents::new(store.clone(), upstream.clone(), instance),
+                    upstream,
+                }
+            };
+            let npm = proxyd_npm::NpmKind::build(
+                proxyd_npm::NpmConfig {
+                    upstream: "http://127.0.0.1:9".into(),
+                },
+                context("npm"),
+            )
+            .expect("npm");
+            let pypi = proxyd_pypi::PyPiKind::build(
+                proxyd_pypi::PyPiConfig {
+                    upstream: "http://127.0.0.1:9/simple".into(),
+                },
+                context("pypi"),
+            )
+            .expect("pypi");
+            let cargo = proxyd_cargo::CargoKind::build(
+                proxyd_cargo::CargoConfig {
+                    upstream: "sparse+http://127.0.0.1:9/index/".into(),
+                },
+                context("cargo"),
+            )
+            .expect("cargo");
+            (npm, pypi, cargo)
+        });
+        Handlers {
+            npm,
+            pypi,
+            cargo,
+            _dir: dir,
+            _runtime: runtime,
+        }
+    })
+}
+
+fn check<E: Ecosystem>(
+    eco: &E,
+    prefix: &str,
+    method: &Method,
+    path: &str,
+    key_of: impl Fn(&E::Op) -> Option<&ObjectKey>,
+) {
+    match eco.route(method, path) {
+        Ok(op) => {
+            assert_ne!(*method, Method::POST, "{path:?}");
+            if let Some(key) = key_of(&op) {
+                assert!(key.as_str().starts_with(&format!("{prefix}/")), "{key}");
+                assert!(ObjectKey::new(key.as_str()).is_ok(), "{key}");
+                assert!(
+                    !key.as_str().split('/').any(|s| s == ".." || s == "."),
+                    "{key}"
+                );
+            }
+        }
+        Err(refusal) => {
+            assert!(
+                (400..500).contains(&refusal.status()),
+                "{path:?}: {refusal:?}"
+            );
+            assert!(refusal.message.lines().count() <= 1, "{refusal:?}");
+        }
+    }
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let Some((&selector, path)) = data.split_first() else {
+        return;
+    };
+    let path = String::from_utf8_lossy(path);
+    let method = match selector / 3 % 3 {
+        0 => Method::GET,
+        1 => Method::HEAD,
+        _ => Method::POST,
+    };
+    let h = handlers();
+    match selector % 3 {
+        0 => check(&h.npm, "npm", &method, &path, |op| match op {
+            proxyd_npm::NpmOp::Tarball(key) => Some(key),
+            _ => None,
+        }),
+        1 => check(&h.pypi, "pypi", &method, &path, |op| match op {
+            proxyd_pypi::PyPiOp::File(key) => Some(key),
+            _ => None,
+        }),
+        _ => check(&h.cargo, "cargo", &method, &path, |op| match op {
+            proxyd_cargo::CargoOp::Download { key, .. } => Some(key),
+            _ => None,
+        }),
+    }
+});
