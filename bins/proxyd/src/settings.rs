@@ -461,7 +461,7 @@ pub(crate) fn load(
     let mt_raw = parse("metadata_ttl", &mut problems);
     let metadata_ttl = duration("metadata_ttl", mt_raw, "5m", &mut problems);
     let metadata_cache_size = size("metadata_cache_size", 256_000_000, &mut problems);
-    let database_cache_size = size("database.cache_size", 8 << 20, &mut problems);
+    let database_cache_size = size("database.cache_size", 4 << 20, &mut problems);
     let hrt_raw = parse("server.header_read_timeout", &mut problems);
     let header_read_timeout = duration("server.header_read_timeout", hrt_raw, "10s", &mut problems);
     if header_read_timeout.is_zero() {

@@ -897,3 +897,60 @@ async fn an_endless_upstream_body_ends_at_the_deadline_with_nothing_cached() {
         proxyd.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_download_on_s3_leaves_no_object_after_restart() {
+    // Large enough for a multipart upload; the upstream stalls halfway, then proxyd is killed.
+    let pkg = Package::new("crashing-s3", "1.0.0").padded(24_000_000);
+    let registry = NpmRegistry::start(std::slice::from_ref(&pkg)).await;
+    registry.set_fault(&NpmRegistry::tarball_path(&pkg), Fault::StallMidBody);
+    let (s3, _gate, mut proxyd) =
+        behind_a_gate(&format!("upstream:\n  npm: {}\n", registry.url())).await;
+    let url = tarball_url(&proxyd, &pkg);
+    let mut resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut received = 0;
+    while received < 4_000_000 {
+        received += resp
+            .chunk()
+            .await
+            .unwrap()
+            .expect("bytes before the stall")
+            .len();
+    }
+    proxyd.kill(); // SIGKILL with a multipart upload in progress
+    drop(resp);
+    let object = s3
+        .data_dir()
+        .join("artifacts/npm/crashing-s3/-/crashing-s3-1.0.0.tgz");
+    assert!(
+        !object.exists(),
+        "no object while the upload was unfinished"
+    );
+    registry.set_fault(
+        &NpmRegistry::tarball_path(&pkg),
+        Fault::Delay(Duration::ZERO),
+    );
+    proxyd.restart();
+    assert_eq!(
+        proxyd.stats().await["cached_artifacts"],
+        0,
+        "nothing counted"
+    );
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, registry.tarball(&pkg), "fetched whole again");
+    assert_eq!(registry.hits(&NpmRegistry::tarball_path(&pkg)), 2);
+    proxyd.wait_cached(1).await;
+    assert!(object.exists(), "and stored whole");
+    assert_eq!(
+        std::fs::metadata(&object).unwrap().len(),
+        registry.tarball(&pkg).len() as u64
+    );
+}

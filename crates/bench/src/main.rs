@@ -156,7 +156,11 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |n: u32| args.only.as_ref().is_none_or(|o| o.contains(&n));
     let mut rows = Vec::new();
     let s = args.seconds;
-    for n in 1..=7 {
+    // Scenario 8 holds thousands of connections, here and in wrk.
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+    for n in 1..=8 {
         if !wanted(n) {
             continue;
         }
@@ -167,7 +171,8 @@ async fn main() -> anyhow::Result<()> {
             4 => memory(&env, s).await,
             5 => coalescing(&env).await,
             6 => metadata(&env, s).await,
-            _ => scale(&env).await,
+            7 => scale(&env).await,
+            _ => reliability(&env, s).await,
         };
         match result {
             Ok(new) => {
@@ -822,6 +827,165 @@ async fn scale(env: &Env) -> anyhow::Result<Vec<Row>> {
         ),
         "<= 10 ms",
         delay_ms <= 10.0,
+    ));
+    Ok(rows)
+}
+
+/// Keep `count` connections to `addr` sending a request head one byte per second (reopening
+/// those the server closes) until `stop` fires.
+async fn slowloris(
+    addr: std::net::SocketAddr,
+    count: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    let tasks = (0..count).map(|_| {
+        let mut stop = stop.clone();
+        async move {
+            while !*stop.borrow() {
+                let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                for byte in head.iter().cycle() {
+                    if conn.write_all(&[*byte]).await.is_err() {
+                        break; // closed by the server: open another
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+    });
+    futures::future::join_all(tasks).await;
+}
+
+/// Scenario 8, reliability: 1,000 connections of hits and of redirects; a normal client's
+/// latency beside 2,000 slow connections; recovery from a storage outage.
+async fn reliability(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    // 8a. 1,000 connections of small hits, streamed from the filesystem.
+    let hit = cached_hit(env, "small", 10 * 1024, 8).await?;
+    hit._proxyd.proc.reset_peak();
+    let w = wrk(&hit.url, 1000, s, &[])?;
+    let peak = hit._proxyd.proc.peak_rss() as f64 / MIB;
+    let errors = w.socket_errors + w.non_2xx_3xx;
+    rows.push(Row::absolute(
+        "8a. 1,000 connections of small hits: errors; p99; peak RSS",
+        format!(
+            "{errors}; {:.1} ms; {peak:.1} MiB ({:.0} req/s)",
+            w.p99_ms, w.requests_per_sec
+        ),
+        "0; report; <= 64 MiB",
+        errors == 0 && peak <= 64.0,
+    ));
+
+    // 8c. A normal client's p99 with and without 2,000 connections sending a byte a second.
+    let quiet = wrk(&hit.url, 16, s, &[])?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", hit._proxyd.port).parse()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let slow = tokio::spawn(slowloris(addr, 2_000, stop_rx));
+    tokio::time::sleep(Duration::from_secs(3)).await; // all of them connected
+    let loud = wrk(&hit.url, 16, s, &[])?;
+    let _ = stop_tx.send(true);
+    let _ = slow.await;
+    let errors = loud.socket_errors + loud.non_2xx_3xx;
+    rows.push(Row::absolute(
+        "8c. normal client (16 conns) beside 2,000 slowloris connections: errors; p99 (without them)",
+        format!("{errors}; {:.1} ms ({:.1} ms)", loud.p99_ms, quiet.p99_ms),
+        "0; <= 50 ms",
+        errors == 0 && loud.p99_ms <= 50.0,
+    ));
+    drop(hit);
+
+    // 8b and 8d on S3 (s3s-fs) behind a forwarder that can take it down, direct-serve on.
+    let stub = Stub::start(Shape::default()).await;
+    stub.publish_npm("small", &[("1.0.0".into(), bytes_of(10 * 1024, 9))], 0);
+    let s3 = env.s3s()?;
+    let gate =
+        proxyd_testkit::forward::TcpForwarder::start(format!("127.0.0.1:{}", s3.port).parse()?)
+            .await;
+    let yaml = format!(
+        "storage:\n  url: \"s3://bench?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n  direct_serve: true\n{}",
+        gate.base_url(),
+        npm_yaml(&stub)
+    );
+    let envs = [
+        ("AWS_ACCESS_KEY_ID", "AKIDBENCH".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "bench-secret".to_owned()),
+    ];
+    let proxyd = env.proxyd(&yaml, &envs)?;
+    let url = format!("{}/npm/small/-/small-1.0.0.tgz", proxyd.url());
+    get_all(&url).await?;
+    proxyd.proc.reset_peak();
+    let w = wrk(&url, 1000, s, &[])?;
+    let peak = proxyd.proc.peak_rss() as f64 / MIB;
+    let errors = w.socket_errors + w.non_2xx_3xx;
+    rows.push(Row::absolute(
+        "8b. 1,000 connections of redirects (S3): errors; p99; peak RSS",
+        format!(
+            "{errors}; {:.1} ms; {peak:.1} MiB ({:.0} req/s)",
+            w.p99_ms, w.requests_per_sec
+        ),
+        "0; report; <= 64 MiB",
+        errors == 0 && peak <= 64.0,
+    ));
+
+    // 8d. Storage down: how long until proxyd stops redirecting to it (the storage probe runs
+    // every 2 s; a redirect before then fails at storage), then whether every download is
+    // answered from the upstream; storage back: how long until redirects resume.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let status_of = |url: String| {
+        let client = client.clone();
+        async move {
+            let resp = client.get(&url).send().await?;
+            let status = resp.status().as_u16();
+            resp.bytes().await?;
+            Ok::<_, anyhow::Error>(status)
+        }
+    };
+    let until = |want: u16| {
+        let url = url.clone();
+        let status_of = &status_of;
+        async move {
+            let start = Instant::now();
+            loop {
+                if status_of(url.clone()).await? == want {
+                    return Ok::<_, anyhow::Error>(Some(start.elapsed()));
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    gate.set_down(true);
+    let detected = until(200).await?;
+    let mut failed = 0;
+    for _ in 0..20 {
+        if status_of(url.clone()).await? != 200 {
+            failed += 1;
+        }
+    }
+    gate.set_down(false);
+    let recovered = until(302).await?;
+    let secs = |d: Option<Duration>| {
+        d.map_or("never (30 s)".to_owned(), |d| {
+            format!("{:.1} s", d.as_secs_f64())
+        })
+    };
+    let within = |d: Option<Duration>| d.is_some_and(|d| d <= Duration::from_secs(6));
+    rows.push(Row::absolute(
+        "8d. S3 down with direct-serve on: time until downloads come from the upstream; of 20 downloads then, failed; S3 back: time until redirects resume",
+        format!("{}; {failed}; {}", secs(detected), secs(recovered)),
+        "<= 6 s; 0; <= 6 s",
+        within(detected) && failed == 0 && within(recovered),
     ));
     Ok(rows)
 }

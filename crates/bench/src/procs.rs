@@ -125,6 +125,27 @@ pub(crate) struct WrkResult {
     pub(crate) requests_per_sec: f64,
     pub(crate) bytes_per_sec: f64,
     pub non_2xx_3xx: u64,
+    /// Connect, read, write errors and timeouts, summed.
+    pub(crate) socket_errors: u64,
+    /// 99th percentile latency, milliseconds.
+    pub(crate) p99_ms: f64,
+}
+
+/// A wrk latency such as `12.34ms`, `1.20s` or `850.00us`, in milliseconds.
+fn parse_latency(text: &str) -> f64 {
+    let t = text.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (t, 1.0)
+    };
+    num.trim().parse::<f64>().unwrap_or(f64::NAN) * mult
 }
 
 fn parse_size(text: &str) -> f64 {
@@ -155,7 +176,8 @@ pub(crate) fn wrk(
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
         .arg("--timeout")
-        .arg("30s");
+        .arg("30s")
+        .arg("--latency");
     for h in headers {
         cmd.arg("-H").arg(h);
     }
@@ -175,10 +197,19 @@ pub(crate) fn wrk(
     let bytes_per_sec = field("Transfer/sec:").map_or(0.0, |v| parse_size(&v));
     let non_2xx_3xx =
         field("Non-2xx or 3xx responses:").map_or(0, |v| v.trim().parse().unwrap_or(0));
+    // "Socket errors: connect 0, read 0, write 0, timeout 0"
+    let socket_errors = field("Socket errors:").map_or(0, |v| {
+        v.split(',')
+            .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    });
+    let p99_ms = field("99%").map_or(f64::NAN, |v| parse_latency(&v));
     Ok(WrkResult {
         requests_per_sec,
         bytes_per_sec,
         non_2xx_3xx,
+        socket_errors,
+        p99_ms,
     })
 }
 
@@ -188,5 +219,8 @@ mod tests {
     fn sizes() {
         assert_eq!(super::parse_size("1.50MB"), 1.5 * 1024.0 * 1024.0);
         assert_eq!(super::parse_size("512.00KB"), 512.0 * 1024.0);
+        assert_eq!(super::parse_latency("12.50ms"), 12.5);
+        assert_eq!(super::parse_latency("1.50s"), 1500.0);
+        assert_eq!(super::parse_latency("850.00us"), 0.85);
     }
 }

@@ -144,7 +144,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             max_size: None,
-            entry_cache_bytes: 8 * 1024 * 1024,
+            entry_cache_bytes: 4 * 1024 * 1024,
             fetch_lease: Duration::from_secs(30),
             fetch_wait: Duration::from_secs(300),
             flush_interval: Duration::from_secs(10),
@@ -754,7 +754,9 @@ impl Cache {
             let mut flush = tokio::time::interval(cache.settings.flush_interval);
             let mut verify = tokio::time::interval(cache.settings.verify_interval);
             verify.tick().await; // not at start-up
-            let mut probe = tokio::time::interval(Duration::from_secs(5));
+            // Every 2 s, bounded by 1.5 s: a storage outage stops redirects within about 4 s
+            // (bench scenario 8d measured 8.9 s with a probe every 5 s bounded by 3 s).
+            let mut probe = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
                     _ = flush.tick() => {
@@ -1440,17 +1442,21 @@ impl Cache {
         }
     }
 
-    /// Ask storage for a probe key (bounded by 3 s) and note whether it answered.
+    /// Ask storage for a probe key (bounded by 1.5 s) and note whether it answered.
     pub async fn probe_storage(&self) -> bool {
         let Ok(key) = ObjectKey::new("health/probe") else {
             return false;
         };
-        let answered =
-            match tokio::time::timeout(Duration::from_secs(3), self.storage.head(&key)).await {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => e.is_not_found(),
-                Err(_) => false,
-            };
+        let answered = match tokio::time::timeout(
+            Duration::from_millis(1500),
+            self.storage.head(&key),
+        )
+        .await
+        {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.is_not_found(),
+            Err(_) => false,
+        };
         if answered {
             self.note_storage_success();
         } else {
