@@ -954,3 +954,93 @@ async fn a_crash_mid_download_on_s3_leaves_no_object_after_restart() {
         registry.tarball(&pkg).len() as u64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_outage_turns_proxyd_into_a_plain_proxy_and_heals() {
+    use proxyd_testkit::emulators::Azurite;
+    let pkg = Package::new("azure-outage", "1.0.0").padded(200_000);
+    let registry = NpmRegistry::start(std::slice::from_ref(&pkg)).await;
+    let azurite = Azurite::start();
+    let location = azure_storage::CloudLocation::Custom {
+        account: Azurite::ACCOUNT.into(),
+        uri: azurite.account_endpoint(),
+    };
+    let creds = azure_storage::StorageCredentials::access_key(Azurite::ACCOUNT, Azurite::KEY);
+    azure_storage_blobs::prelude::ClientBuilder::with_location(location, creds)
+        .container_client("artifacts")
+        .create()
+        .await
+        .unwrap();
+    let gate =
+        proxyd_testkit::forward::TcpForwarder::start(([127, 0, 0, 1], azurite.port()).into()).await;
+    let config = format!(
+        "storage:\n  url: \"azblob://artifacts?protocol=http&domain={}&localemu=true\"\n  direct_serve: true\nupstream:\n  npm: {}\n",
+        gate.addr(),
+        registry.url()
+    );
+    let env = [
+        ("AZURE_STORAGE_ACCOUNT", Azurite::ACCOUNT.to_owned()),
+        ("AZURE_STORAGE_KEY", Azurite::KEY.to_owned()),
+    ];
+    let proxyd = ProxydProcess::start(BIN, &config, &env);
+    let url = tarball_url(&proxyd, &pkg);
+    // A hit must not wait out the storage SDK's retries (it did: 82 s on Azure's defaults).
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let get = || async {
+        let resp = no_redirects.get(&url).send().await.unwrap();
+        (resp.status().as_u16(), resp.bytes().await.unwrap())
+    };
+    let health = || async {
+        let body: serde_json::Value = reqwest::get(format!("{}/health", proxyd.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["status"].as_str().unwrap_or_default().to_owned()
+    };
+    let wait_health = |want: &'static str| {
+        let health = &health;
+        async move {
+            for _ in 0..100 {
+                if health().await == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("health never {want}");
+        }
+    };
+    // A miss while Azure is down: served whole from the upstream, nothing cached.
+    gate.set_down(true);
+    let (status, body) = get().await;
+    assert_eq!(status, 200);
+    assert_eq!(body, registry.tarball(&pkg));
+    wait_health("degraded").await;
+    // Azure back: the next miss is stored, then redirected.
+    gate.set_down(false);
+    wait_health("ok").await;
+    let (status, body) = get().await;
+    assert!(status == 200 || status == 302, "{status}");
+    if status == 200 {
+        assert_eq!(body, registry.tarball(&pkg));
+    }
+    proxyd.wait_cached(1).await;
+    assert_eq!(get().await.0, 302, "a hit is redirected");
+    // Azure down again: once noticed, hits are not redirected to it but served from the
+    // upstream; back again: redirected again.
+    gate.set_down(true);
+    wait_health("degraded").await;
+    let before = registry.hits(&NpmRegistry::tarball_path(&pkg));
+    let (status, body) = get().await;
+    assert_eq!(status, 200, "no redirect to storage that does not answer");
+    assert_eq!(body, registry.tarball(&pkg));
+    assert_eq!(registry.hits(&NpmRegistry::tarball_path(&pkg)), before + 1);
+    gate.set_down(false);
+    wait_health("ok").await;
+    assert_eq!(get().await.0, 302, "redirected again once Azure answers");
+}

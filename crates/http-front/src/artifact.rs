@@ -333,13 +333,20 @@ impl Front {
             return Ok(response);
         }
         self.cache.record_hit(entry);
-        match self.redirect_plan(asker.wants_redirects) {
-            Some(true) if !self.cache.storage_ok() => {
-                // A presigned URL to storage that does not answer helps nobody: stream (from
-                // the upstream, when storage cannot be read either).
+        if !self.cache.storage_ok() {
+            // Storage is known not to answer: neither a presigned URL to it nor a read from it
+            // (which would wait out the backend's retries) helps; the upstream serves it.
+            if self.redirect_plan(asker.wants_redirects) == Some(true) {
                 self.direct_serve_counter(asker.ecosystem, "fallback_error")
                     .increment(1);
             }
+            return Err(proxyd_storage_core::Error::new(
+                ErrorKind::Temporary,
+                "get",
+                "storage is not answering",
+            ));
+        }
+        match self.redirect_plan(asker.wants_redirects) {
             Some(true) => {
                 if let Some(response) = self.redirect(asker.ecosystem, entry).await {
                     return Ok(response);

@@ -126,8 +126,16 @@ impl AzureStorage {
             uri: config.endpoint.clone(),
         };
         let http = http_client(config.extra_ca_pem.as_deref())?;
+        // The SDK's default retries for up to a minute; a read that waits that long while
+        // storage is down holds a client that the upstream could serve (measured: 82 s for one
+        // hit against a stopped Azurite). Three retries within ten seconds.
+        let retry = azure_core::ExponentialRetryOptions::default()
+            .max_retries(3u32)
+            .max_total_elapsed(std::time::Duration::from_secs(10))
+            .max_delay(std::time::Duration::from_secs(2));
         let container = ClientBuilder::with_location(location, credentials)
             .transport(azure_core::TransportOptions::new(Arc::new(http)))
+            .retry(azure_core::RetryOptions::exponential(retry))
             .container_client(config.container.clone());
         let storage = Self {
             inner: Arc::new(Inner { container, config }),
