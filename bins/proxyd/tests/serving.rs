@@ -1044,3 +1044,92 @@ async fn an_azure_outage_turns_proxyd_into_a_plain_proxy_and_heals() {
     wait_health("ok").await;
     assert_eq!(get().await.0, 302, "redirected again once Azure answers");
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status();
+        assert!(
+            mounted.is_ok_and(|s| s.success()),
+            "this test fills a {size} tmpfs it mounts at {}: run the tests as root, as scripts/test does in CI (or with CAP_SYS_ADMIN)",
+            at.display()
+        );
+        Self(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_serves_the_miss_whole_and_keeps_nothing_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(dir.path().join("small-disk"), "2m");
+    let big = Package::new("too-big", "1.0.0").padded(8_000_000); // about 5 MB gzipped
+    let small = Package::new("fits", "1.0.0").padded(1_000);
+    let registry = NpmRegistry::start(&[big.clone(), small.clone()]).await;
+    let config = format!(
+        "storage:\n  url: file://{}\nupstream:\n  npm: {}\n",
+        disk.0.display(),
+        registry.url()
+    );
+    let proxyd = ProxydProcess::start(BIN, &config, &[]);
+    // Storage runs out of space in the middle of the put: the client still gets every byte.
+    let body = client()
+        .get(tarball_url(&proxyd, &big))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, registry.tarball(&big));
+    let mut counted = false;
+    for _ in 0..100 {
+        let m = proxyd.metrics().await;
+        if metric(&m, "proxyd_storage_bypass_total", &[("ecosystem", "npm")]) >= 1.0 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        counted,
+        "served without caching, and counted:\n{}",
+        proxyd.log()
+    );
+    assert_eq!(proxyd.stats().await["cached_artifacts"], 0);
+    assert!(
+        temporary_files(&disk.0).is_empty() && files_under(&disk.0).is_empty(),
+        "nothing of it is left on the disk: {:?}",
+        files_under(&disk.0)
+    );
+    // What fits is cached once storage answers again (the probe notices within seconds).
+    let mut cached = false;
+    for _ in 0..50 {
+        let body = client()
+            .get(tarball_url(&proxyd, &small))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body, registry.tarball(&small));
+        if proxyd.stats().await["cached_artifacts"] == 1 {
+            cached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(cached, "{}", proxyd.log());
+}
