@@ -1133,3 +1133,91 @@ async fn a_full_disk_serves_the_miss_whole_and_keeps_nothing_of_it() {
     }
     assert!(cached, "{}", proxyd.log());
 }
+
+/// Send `request` as raw bytes on a new connection; what came back before proxyd closed it or
+/// went quiet for 2 s (at most 64 KiB).
+async fn raw(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // proxyd may answer and close before it read everything: a failed write is fine.
+    let _ = stream.write_all(request).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while got.len() < 65_536 {
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn statuses(response: &str) -> Vec<u16> {
+    response
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| response.get(at + 9..at + 12)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_and_normal_clients_still_answered() {
+    let pkg = Package::new("fine", "1.0.0");
+    let (registry, proxyd) = start(std::slice::from_ref(&pkg), "").await;
+    let addr = proxyd.url().trim_start_matches("http://").to_owned();
+    let big_header = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let big_uri = format!(
+        "GET /npm/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(8 << 20)
+    );
+    let smuggled = "GET /npm/fine HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /npm/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let two_lengths =
+        "GET /npm/fine HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+    let folded = "GET /npm/fine HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n";
+    let mut not_utf8 = b"GET /npm/".to_vec();
+    not_utf8.extend_from_slice(&[0xff, 0xfe]);
+    not_utf8.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a 1 MiB header line", big_header.into_bytes()),
+        ("an 8 MiB URI", big_uri.into_bytes()),
+        (
+            "Content-Length with Transfer-Encoding",
+            smuggled.as_bytes().to_vec(),
+        ),
+        ("two Content-Lengths", two_lengths.as_bytes().to_vec()),
+        ("an obsolete folded header", folded.as_bytes().to_vec()),
+        ("a path that is not UTF-8", not_utf8),
+        (
+            "DELETE",
+            b"DELETE /npm/fine HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, request) in cases {
+        let response = raw(&addr, &request).await;
+        let seen = statuses(&response);
+        assert!(
+            seen.iter().all(|s| (400..500).contains(s)),
+            "{what}: {seen:?} {}",
+            response.lines().next().unwrap_or("")
+        );
+        // Still answering a normal client.
+        let health = tokio::time::timeout(
+            Duration::from_secs(5),
+            client().get(format!("{}/health", proxyd.url())).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a normal client is answered after {what}"))
+        .unwrap();
+        assert_eq!(health.status(), 200, "after {what}");
+    }
+    assert_eq!(registry.total_hits(), 0, "nothing reached upstream");
+    // Pipelined requests are each answered, in order.
+    let pipelined = raw(
+        &addr,
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /stats HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&pipelined), [200, 200], "{pipelined}");
+}

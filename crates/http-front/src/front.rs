@@ -258,6 +258,20 @@ impl Front {
     pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let (parts, _body) = request.into_parts();
+        if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+        {
+            // A GET or HEAD has no body to frame: a Transfer-Encoding there (hyper drops a
+            // Content-Length beside it, as RFC 9112 says) is what request smuggling through a
+            // proxy in front looks like. Refused, and the connection closed, so nothing after
+            // it is read as a request.
+            let mut response = body::error(400, "a GET or HEAD with Transfer-Encoding is refused");
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return response;
+        }
         let path = parts.uri.path();
         let (response, label) = match path {
             "/health" => (self.health().await, None),
