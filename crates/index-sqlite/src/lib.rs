@@ -180,6 +180,23 @@ impl SqliteIndex {
         self.inner.writer.run(f).await
     }
 
+    /// The keys `sql` selects with `?1` = `before_ms` and `?2` = `limit`.
+    async fn keys_before(
+        &self,
+        sql: &'static str,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, IndexError> {
+        self.read(move |conn| {
+            conn.prepare_cached(sql)?
+                .query_map(params![as_i64(before_ms), as_i64(limit as u64)], |r| {
+                    r.get(0)
+                })?
+                .collect()
+        })
+        .await
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -355,16 +372,12 @@ impl ArtifactIndex for SqliteIndex {
     }
 
     async fn marked_before(&self, before_ms: u64, limit: usize) -> Result<Vec<String>, IndexError> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT key FROM artifacts WHERE evicted_at IS NOT NULL AND evicted_at <= ?1
-                 ORDER BY evicted_at LIMIT ?2",
-            )?;
-            stmt.query_map(params![as_i64(before_ms), as_i64(limit as u64)], |r| {
-                r.get(0)
-            })?
-            .collect()
-        })
+        self.keys_before(
+            "SELECT key FROM artifacts WHERE evicted_at IS NOT NULL AND evicted_at <= ?1
+             ORDER BY evicted_at LIMIT ?2",
+            before_ms,
+            limit,
+        )
         .await
     }
 
@@ -383,26 +396,17 @@ impl ArtifactIndex for SqliteIndex {
             let tx = conn.transaction()?;
             let mut unknown = Vec::new();
             for chunk in keys.chunks(KEYS_PER_STATEMENT) {
-                let mut known = std::collections::HashSet::with_capacity(chunk.len());
-                {
-                    let mut stmt = tx.prepare(&format!(
-                        "SELECT key FROM artifacts WHERE key IN ({})",
-                        placeholders(chunk.len())
-                    ))?;
-                    let rows =
-                        stmt.query_map(params_from_iter(chunk), |r| r.get::<_, String>(0))?;
-                    for row in rows {
-                        known.insert(row?);
-                    }
-                }
+                // One statement notes the sighting and names the rows it found.
                 let mut update = tx.prepare(&format!(
-                    "UPDATE artifacts SET sighted_at = ? WHERE key IN ({})",
+                    "UPDATE artifacts SET sighted_at = ? WHERE key IN ({}) RETURNING key",
                     placeholders(chunk.len())
                 ))?;
                 let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 1);
                 values.push(as_i64(at_ms).into());
                 values.extend(chunk.iter().map(|k| k.clone().into()));
-                update.execute(params_from_iter(values))?;
+                let known = update
+                    .query_map(params_from_iter(values), |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<std::collections::HashSet<String>>>()?;
                 unknown.extend(chunk.iter().filter(|k| !known.contains(*k)).cloned());
             }
             tx.commit()?;
@@ -412,17 +416,13 @@ impl ArtifactIndex for SqliteIndex {
     }
 
     async fn unsighted(&self, before_ms: u64, limit: usize) -> Result<Vec<String>, IndexError> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT key FROM artifacts WHERE evicted_at IS NULL AND fetched_at * 1000 < ?1
-                   AND (sighted_at IS NULL OR sighted_at < ?1)
-                 LIMIT ?2",
-            )?;
-            stmt.query_map(params![as_i64(before_ms), as_i64(limit as u64)], |r| {
-                r.get(0)
-            })?
-            .collect()
-        })
+        self.keys_before(
+            "SELECT key FROM artifacts WHERE evicted_at IS NULL AND fetched_at * 1000 < ?1
+               AND (sighted_at IS NULL OR sighted_at < ?1)
+             LIMIT ?2",
+            before_ms,
+            limit,
+        )
         .await
     }
 }
