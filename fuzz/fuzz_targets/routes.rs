@@ -1,15 +1,17 @@
-//! Every ecosystem's `route` over arbitrary methods and paths: no panic, only one-line 4xx
-//! refusals, nothing accepted for POST, and every accepted artifact under a valid storage key
-//! inside its instance's prefix. The handlers are built once, with no network.
+//! Every ecosystem's `route` over arbitrary methods and paths, checked by the contract's own
+//! `check_route` (no panic, only one-line 4xx refusals, nothing accepted for POST, every
+//! accepted artifact under a valid storage key inside its instance's prefix). The handlers are
+//! built once, with no network.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
 
 use proxyd_cache::{Cache, CacheSettings};
 use proxyd_ecosystem::http::Method;
+use proxyd_ecosystem::route_check::check_route;
 use proxyd_ecosystem::{
-    Documents, Ecosystem, EcosystemContext, EcosystemKind, MetadataCache, ObjectKey,
-    UpstreamClients, UpstreamLimits, UpstreamSettings,
+    Documents, EcosystemContext, EcosystemKind, MetadataCache, UpstreamClients, UpstreamLimits,
+    UpstreamSettings,
 };
 
 struct Handlers {
@@ -90,35 +92,6 @@ fn handlers() -> &'static Handlers {
     })
 }
 
-fn check<E: Ecosystem>(
-    eco: &E,
-    prefix: &str,
-    method: &Method,
-    path: &str,
-    key_of: impl Fn(&E::Op) -> Option<&ObjectKey>,
-) {
-    match eco.route(method, path) {
-        Ok(op) => {
-            assert_ne!(*method, Method::POST, "{path:?}");
-            if let Some(key) = key_of(&op) {
-                assert!(key.as_str().starts_with(&format!("{prefix}/")), "{key}");
-                assert!(ObjectKey::new(key.as_str()).is_ok(), "{key}");
-                assert!(
-                    !key.as_str().split('/').any(|s| s == ".." || s == "."),
-                    "{key}"
-                );
-            }
-        }
-        Err(refusal) => {
-            assert!(
-                (400..500).contains(&refusal.status()),
-                "{path:?}: {refusal:?}"
-            );
-            assert!(refusal.message.lines().count() <= 1, "{refusal:?}");
-        }
-    }
-}
-
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&selector, path)) = data.split_first() else {
         return;
@@ -130,18 +103,18 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         _ => Method::POST,
     };
     let h = handlers();
-    match selector % 3 {
-        0 => check(&h.npm, "npm", &method, &path, |op| match op {
+    let _accepted = match selector % 3 {
+        0 => check_route(&h.npm, "npm", &method, &path, |op| match op {
             proxyd_npm::NpmOp::Tarball(key) => Some(key),
             _ => None,
         }),
-        1 => check(&h.pypi, "pypi", &method, &path, |op| match op {
+        1 => check_route(&h.pypi, "pypi", &method, &path, |op| match op {
             proxyd_pypi::PyPiOp::File(key) => Some(key),
             _ => None,
         }),
-        _ => check(&h.cargo, "cargo", &method, &path, |op| match op {
+        _ => check_route(&h.cargo, "cargo", &method, &path, |op| match op {
             proxyd_cargo::CargoOp::Download { key, .. } => Some(key),
             _ => None,
         }),
-    }
+    };
 });

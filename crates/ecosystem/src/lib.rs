@@ -6,6 +6,9 @@ mod kind;
 mod metadata;
 pub mod names;
 mod reply;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod route_check;
 pub mod settings;
 mod upstream;
 
