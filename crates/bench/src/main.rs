@@ -320,15 +320,12 @@ async fn large_hits(env: &Env, s: u32) -> anyhow::Result<Row> {
     ))
 }
 
-/// 3. Redirect path: S3 on s3s-fs, direct-serve on, one presign per request.
-async fn redirects(env: &Env, s: u32) -> anyhow::Result<Row> {
-    let stub = Stub::start(Shape::default()).await;
-    stub.publish_npm("small", &[("1.0.0".into(), bytes_of(10 * 1024, 3))], 0);
-    let s3 = env.s3s()?;
+/// proxyd on S3 at `endpoint` (s3s-fs, or a forwarder to it) with direct-serve on, npm from
+/// `stub`, and the stub's `small` tarball cached: proxyd and the tarball's URL.
+async fn cached_on_s3(env: &Env, stub: &Stub, endpoint: &str) -> anyhow::Result<(Server, String)> {
     let yaml = format!(
-        "storage:\n  url: \"s3://bench?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n  direct_serve: true\n{}",
-        s3.url(),
-        npm_yaml(&stub)
+        "storage:\n  url: \"s3://bench?region=us-east-1&endpoint={endpoint}&s3ForcePathStyle=true\"\n  direct_serve: true\n{}",
+        npm_yaml(stub)
     );
     let envs = [
         ("AWS_ACCESS_KEY_ID", "AKIDBENCH".to_owned()),
@@ -337,6 +334,15 @@ async fn redirects(env: &Env, s: u32) -> anyhow::Result<Row> {
     let proxyd = env.proxyd(&yaml, &envs)?;
     let url = format!("{}/npm/small/-/small-1.0.0.tgz", proxyd.url());
     get_all(&url).await?; // miss, stored in S3
+    Ok((proxyd, url))
+}
+
+/// 3. Redirect path: S3 on s3s-fs, direct-serve on, one presign per request.
+async fn redirects(env: &Env, s: u32) -> anyhow::Result<Row> {
+    let stub = Stub::start(Shape::default()).await;
+    stub.publish_npm("small", &[("1.0.0".into(), bytes_of(10 * 1024, 3))], 0);
+    let s3 = env.s3s()?;
+    let (_proxyd, url) = cached_on_s3(env, &stub, &s3.url()).await?;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -908,18 +914,7 @@ async fn reliability(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
     let gate =
         proxyd_testkit::forward::TcpForwarder::start(format!("127.0.0.1:{}", s3.port).parse()?)
             .await;
-    let yaml = format!(
-        "storage:\n  url: \"s3://bench?region=us-east-1&endpoint={}&s3ForcePathStyle=true\"\n  direct_serve: true\n{}",
-        gate.base_url(),
-        npm_yaml(&stub)
-    );
-    let envs = [
-        ("AWS_ACCESS_KEY_ID", "AKIDBENCH".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "bench-secret".to_owned()),
-    ];
-    let proxyd = env.proxyd(&yaml, &envs)?;
-    let url = format!("{}/npm/small/-/small-1.0.0.tgz", proxyd.url());
-    get_all(&url).await?;
+    let (proxyd, url) = cached_on_s3(env, &stub, &gate.base_url()).await?;
     proxyd.proc.reset_peak();
     let w = wrk(&url, 1000, s, &[])?;
     let peak = proxyd.proc.peak_rss() as f64 / MIB;
