@@ -47,19 +47,20 @@ struct Flight {
 struct LiveOut {
     pieces: broadcast::Sender<Piece>,
     joinable: Arc<Mutex<Option<broadcast::Sender<Piece>>>>,
+    /// Whether `joinable` was emptied (once, at the first piece: no lock per chunk after it).
+    window_closed: bool,
 }
 
 impl LiveOut {
     /// Publish `piece` (no reader left is fine: the fetch completes for the cache). The first
     /// piece closes the window for joining live: later joiners wait for the commit.
     fn send(&mut self, piece: Piece) {
-        if let Some(window) = self
-            .joinable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            drop(window);
+        if !self.window_closed {
+            self.joinable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            self.window_closed = true;
         }
         let _ = self.pieces.send(piece);
     }
@@ -936,7 +937,11 @@ impl Cache {
         // and neither the fill nor the requests waiting for it notice.
         let cache = self.clone();
         tokio::spawn(async move {
-            let live = LiveOut { pieces, joinable };
+            let live = LiveOut {
+                pieces,
+                joinable,
+                window_closed: false,
+            };
             cache
                 .run_fetch(spec, source, newer_than, done, live, started_tx)
                 .await;
