@@ -8,6 +8,7 @@ pub mod emulators;
 pub mod forward;
 pub mod index_suite;
 pub mod npm_registry;
+pub mod postgres;
 pub mod proxyd;
 pub mod pypi_registry;
 pub mod static_server;

@@ -39,6 +39,14 @@ impl TestCa {
         &self.ca_pem
     }
 
+    /// The server certificate and its key (PKCS#8), PEM, for servers that read files.
+    pub fn server_pem(&self) -> (String, String) {
+        (
+            crate::postgres::pem("CERTIFICATE", &self.cert_der),
+            crate::postgres::pem("PRIVATE KEY", &self.key_der),
+        )
+    }
+
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
