@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use proxyd_storage_core::{ByteStream, ObjectKey, PutOptions, Storage};
+use proxyd_storage_core::{ByteStream, ObjectKey, PutMode, PutOptions, Storage};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -1149,7 +1149,14 @@ impl Cache {
         match source.await {
             Ok(upstream) => {
                 let _ = headers.send(Some(Ok(Started::Streaming(upstream.content_length))));
-                self.clone().ingest(spec, upstream, live, done).await;
+                let put_mode = if newer_than.is_some() {
+                    PutMode::Overwrite // a revalidated file replaces the copy it refreshes
+                } else {
+                    PutMode::Create
+                };
+                self.clone()
+                    .ingest(spec, upstream, put_mode, live, done)
+                    .await;
             }
             Err(failure) => {
                 if failure.kind != FailureKind::NotFound {
@@ -1311,13 +1318,19 @@ impl Cache {
         self: Arc<Self>,
         mut spec: ArtifactSpec,
         mut upstream: UpstreamBody,
+        put_mode: PutMode,
         mut live: LiveOut,
         done: FlightGuard,
     ) {
         let (store_tx, store_rx) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_DEPTH);
         let storage = self.storage.clone();
         let key = spec.key.clone();
-        let put_options = PutOptions::with_content_type(spec.content_type.clone());
+        // Create-only for what is fetched for the first time: two nodes never overwrite one
+        // object (one wins; the other adopts it).
+        let mut put_options = PutOptions::with_content_type(spec.content_type.clone());
+        if put_mode == PutMode::Create {
+            put_options = put_options.create_only();
+        }
         let put = tokio::spawn(async move {
             storage
                 .put(&key, ReceiverStream::new(store_rx).boxed(), put_options)
@@ -1397,6 +1410,10 @@ impl Cache {
                     Ok(Ok(put)) => {
                         self.note_storage_success();
                         Ok(self.commit(&spec, put.size, put.sha256).await)
+                    }
+                    Ok(Err(err)) if err.kind() == proxyd_storage_core::ErrorKind::AlreadyExists => {
+                        self.note_storage_success();
+                        self.adopt_existing(&spec, received).await
                     }
                     Ok(Err(err)) => Err(FetchFailure::new(
                         FailureKind::Storage,
@@ -1568,6 +1585,45 @@ impl Cache {
         })
     }
 
+    /// A create-only put found the key already in storage: another node stored it (its fetch
+    /// lease was lost or the index was unreachable), or a row marked for eviction is fetched
+    /// again before its object went. The object there is read once to learn its digest; one of
+    /// the length just downloaded is committed as it is, any other is removed (this node holds
+    /// the fetch lease) and fetched again by the next request.
+    async fn adopt_existing(
+        &self,
+        spec: &ArtifactSpec,
+        received: u64,
+    ) -> Result<Arc<ArtifactEntry>, FetchFailure> {
+        use sha2::Digest as _;
+        let storage_failure = |what: String| FetchFailure::new(FailureKind::Storage, what);
+        let existing = self
+            .storage
+            .get(&spec.key, None)
+            .await
+            .map_err(|e| storage_failure(format!("could not read the stored artifact: {e}")))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        let mut body = existing.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|e| storage_failure(format!("could not read the stored artifact: {e}")))?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        if size != received {
+            tracing::warn!(key = %spec.key, stored = size, downloaded = received, "storage held a different object under this key; removed");
+            if let Err(err) = self.storage.delete(&spec.key).await {
+                tracing::error!(key = %spec.key, error = %err, "could not remove the stale object");
+            }
+            return Err(storage_failure(
+                "storage held a different object under this key".into(),
+            ));
+        }
+        tracing::debug!(key = %spec.key, "adopted the object already in storage");
+        Ok(self.commit(spec, size, hasher.finalize().into()).await)
+    }
+
     async fn commit(&self, spec: &ArtifactSpec, size: u64, sha256: [u8; 32]) -> Arc<ArtifactEntry> {
         let now = SystemTime::now();
         let entry = Arc::new(ArtifactEntry {
@@ -1733,26 +1789,64 @@ impl Cache {
                 if in_flight {
                     return Ok(deleted); // try again on the next pass
                 }
-                match self.storage.delete(&object).await {
-                    Ok(()) => {}
-                    Err(err) if err.is_not_found() => {}
-                    Err(err) => {
-                        tracing::error!(key = %key, error = %err, "could not delete an evicted object");
-                        return Ok(deleted);
-                    }
+                // The key's fetch lease keeps every node from storing it again while its object
+                // goes; under it, a row that is live again (fetched since its mark) keeps it.
+                let evictor = format!("{}/evictor", self.owner);
+                let lease = self
+                    .index
+                    .acquire_fetch(&key, &evictor, self.settings.fetch_lease)
+                    .await?;
+                if lease != Lease::Acquired {
+                    return Ok(deleted); // being fetched: try again on the next pass
                 }
-                if self.index.remove_marked(&key).await? {
-                    deleted += 1;
-                    tracing::debug!(key = %key, "evicted");
+                let outcome = self.delete_marked_object(&key, &object).await;
+                if let Err(err) = self.index.release_fetch(&key, &evictor).await {
+                    self.index_failed("release_fetch", &err);
+                }
+                match outcome? {
+                    Some(true) => {
+                        deleted += 1;
+                        tracing::debug!(key = %key, "evicted");
+                    }
+                    Some(false) => {}
+                    None => return Ok(deleted),
                 }
             }
         }
     }
 }
 
+impl Cache {
+    /// Under the key's fetch lease: delete the object of a row that is still marked, then the
+    /// row. `Some(true)` when both went, `Some(false)` when the row is live again or gone,
+    /// `None` when storage refused the delete.
+    async fn delete_marked_object(
+        &self,
+        key: &str,
+        object: &ObjectKey,
+    ) -> Result<Option<bool>, CacheError> {
+        if self.index.artifact(key).await?.is_some() {
+            return Ok(Some(false)); // fetched again since its mark: the object stays
+        }
+        match self.storage.delete(object).await {
+            Ok(()) => {}
+            Err(err) if err.is_not_found() => {}
+            Err(err) => {
+                tracing::error!(key = %key, error = %err, "could not delete an evicted object");
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.index.remove_marked(key).await?))
+    }
+}
+
+/// How often the totals are read again from the index (the contract allows 10 s).
+const TOTALS_EVERY: Duration = Duration::from_secs(5);
+
 /// Evict and delete on a schedule (and when a commit goes over the limit) for as long as the
 /// cache lives.
 async fn evict_in_background(cache: std::sync::Weak<Cache>) {
+    let mut last_totals = tokio::time::Instant::now();
     loop {
         let Some(strong) = cache.upgrade() else {
             return;
@@ -1762,6 +1856,11 @@ async fn evict_in_background(cache: std::sync::Weak<Cache>) {
         }
         if let Err(err) = strong.delete_evicted().await {
             tracing::error!(error = %err, "could not delete evicted objects");
+        }
+        if last_totals.elapsed() >= TOTALS_EVERY {
+            // Other nodes commit and evict too: the gauges follow the shared index.
+            strong.refresh_totals().await;
+            last_totals = tokio::time::Instant::now();
         }
         let pause = strong
             .settings

@@ -920,3 +920,92 @@ async fn a_request_that_joins_before_the_first_byte_follows_the_bytes_as_they_ar
     assert_eq!(all, data);
     drop(leader.await.unwrap().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_another_node_stored_is_adopted_and_a_stale_one_removed() {
+    let s = setup(CacheSettings::default()).await;
+    let data = pattern(40_000, 7);
+    // Another node stored it (while the index was unreachable): this node's create-only put
+    // finds it, and commits the object that is there.
+    let key = spec("shared", &data).key;
+    s.storage
+        .put(&key, body(data.clone(), 4096), Default::default())
+        .await
+        .unwrap();
+    let fetched = s
+        .cache
+        .fetch(spec("shared", &data), upstream(&data, 1000, true))
+        .await
+        .unwrap();
+    assert_eq!(drain(fetched, &s.storage).await.unwrap(), data);
+    let entry = s.cache.lookup(&key).await.expect("committed");
+    assert_eq!(entry.sha256, <[u8; 32]>::from(sha2::Sha256::digest(&data)));
+    assert_eq!(entry.size, data.len() as u64);
+
+    // Something else of another length under a key: removed, not adopted; fetched again next.
+    let other = pattern(30_000, 8);
+    let stale = spec("stale", &other).key;
+    s.storage
+        .put(&stale, body(vec![1; 10], 10), Default::default())
+        .await
+        .unwrap();
+    let fetched = s
+        .cache
+        .fetch(spec("stale", &other), upstream(&other, 1000, true))
+        .await
+        .unwrap();
+    // The client still gets the verified upstream bytes.
+    assert_eq!(drain(fetched, &s.storage).await.unwrap(), other);
+    assert!(s.cache.lookup(&stale).await.is_none(), "not committed");
+    assert!(
+        s.storage.head(&stale).await.unwrap_err().is_not_found(),
+        "the stale object is gone"
+    );
+    let fetched = s
+        .cache
+        .fetch(spec("stale", &other), upstream(&other, 1000, true))
+        .await
+        .unwrap();
+    assert_eq!(drain(fetched, &s.storage).await.unwrap(), other);
+    assert!(
+        s.cache.lookup(&stale).await.is_some(),
+        "stored the next time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marked_artifact_fetched_again_before_its_object_went_keeps_it() {
+    let s = setup(CacheSettings {
+        max_size: Some(150),
+        eviction_grace: Duration::from_millis(300),
+        ..CacheSettings::default()
+    })
+    .await;
+    for (i, name) in ["old", "new"].into_iter().enumerate() {
+        let data = pattern(100, i as u8);
+        let fetched = s
+            .cache
+            .fetch(spec(name, &data), upstream(&data, 10, false))
+            .await
+            .unwrap();
+        drain(fetched, &s.storage).await.unwrap();
+    }
+    s.cache.evict().await.unwrap();
+    let old = spec("old", &pattern(100, 0));
+    assert!(s.cache.lookup(&old.key).await.is_none(), "marked");
+    // Asked again within the grace: the object is still there, so it is adopted, and the row
+    // is live again; the deletion that follows keeps it.
+    let fetched = s
+        .cache
+        .fetch(
+            spec("old", &pattern(100, 0)),
+            upstream(&pattern(100, 0), 10, false),
+        )
+        .await
+        .unwrap();
+    drain(fetched, &s.storage).await.unwrap();
+    assert!(s.cache.lookup(&old.key).await.is_some(), "live again");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.cache.delete_evicted().await.unwrap();
+    assert!(s.storage.head(&old.key).await.is_ok(), "its object stays");
+}
