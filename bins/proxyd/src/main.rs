@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use proxyd_cache::{Cache, CacheSettings};
+use proxyd_cache::{Cache, CacheSettings, Index};
 use proxyd_ecosystem::{MetadataCache, Planned, Registry, SharedContext, UpstreamClients};
 use proxyd_http_front::{DirectServeSettings, DisabledMount, Front, FrontSettings};
+use proxyd_index_postgres::{PostgresIndex, PostgresOptions};
 use proxyd_index_sqlite::SqliteIndex;
-use settings::{Flags, LogFormat, Settings};
+use settings::{Database, Flags, LogFormat, Settings};
 
 /// The ecosystem kinds this binary serves: one line each.
 pub(crate) fn registry() -> Registry {
@@ -219,13 +220,27 @@ async fn serve(
     let options = proxyd_storage::StorageOptions::with_public_base_url(
         settings.direct_serve_base_url.clone(),
     )
-    .with_extra_ca_pem(extra_ca);
+    .with_extra_ca_pem(extra_ca.clone());
     let lookup = |name: &str| env.get(name).cloned();
     let storage = proxyd_storage::open(&settings.storage_url, &options, &lookup)
         .await
         .with_context(|| format!("storage {}", settings::redact_url(&settings.storage_url)))?;
-    let index = SqliteIndex::open(&settings.database_path)
-        .with_context(|| format!("database {}", settings.database_path.display()))?;
+    let index: Arc<dyn Index> = match &settings.database {
+        Database::Sqlite { path } => Arc::new(
+            SqliteIndex::open(path).with_context(|| format!("database {}", path.display()))?,
+        ),
+        Database::Postgres { url } => {
+            let options = PostgresOptions::default().with_extra_ca_pem(extra_ca);
+            let index = PostgresIndex::connect(url, &options)
+                .await
+                .with_context(|| format!("database {}", settings::redact_database_url(url)))?;
+            tracing::info!(
+                database = index.target(),
+                "index on PostgreSQL (shared by every node on it)"
+            );
+            Arc::new(index)
+        }
+    };
     if settings.max_size.is_none() {
         tracing::warn!(
             "storage.max_size is not set: the cache grows without bound until storage is full; set it (for example PROXYD_STORAGE_MAX_SIZE=50GB)"
@@ -234,9 +249,12 @@ async fn serve(
     let cache_settings = CacheSettings {
         max_size: settings.max_size,
         entry_cache_bytes: settings.database_cache_size,
+        fetch_lease: settings.fetch_lease,
         verify_interval: settings.verify_interval,
-        // A presigned URL handed out before an eviction stays good for its whole life.
-        eviction_grace: settings.direct_serve_ttl,
+        // A presigned URL handed out before an eviction stays good for its whole life, also
+        // one another node handed out from an entry it kept in memory (for at most half the
+        // grace) before it saw the mark: objects go two URL lifetimes after their mark.
+        eviction_grace: settings.direct_serve_ttl * 2,
         hot_bytes: settings.hot_cache_size,
         hot_max_object: settings.hot_cache_max_object,
         owned_prefixes: settings
@@ -249,7 +267,7 @@ async fn serve(
             .collect(),
         ..CacheSettings::default()
     };
-    let cache = Cache::open(storage, Arc::new(index), cache_settings)
+    let cache = Cache::open(storage, index, cache_settings)
         .await
         .context("cache index")?;
     let clients = Arc::new(UpstreamClients::new(&settings.upstream).context("upstream client")?);

@@ -34,7 +34,10 @@ pub(crate) struct Settings {
     pub(crate) verify_interval: Duration,
     pub(crate) hot_cache_size: u64,
     pub(crate) hot_cache_max_object: u64,
-    pub(crate) database_path: PathBuf,
+    pub(crate) database: Database,
+    /// How long a node's claim on an artifact it fetches lasts without renewal (a dead node's
+    /// fetch is taken over after it).
+    pub(crate) fetch_lease: Duration,
     pub(crate) metadata_ttl: Duration,
     pub(crate) metadata_cache_size: u64,
     /// Memory for index entries in front of the database.
@@ -47,6 +50,15 @@ pub(crate) struct Settings {
     pub(crate) ecosystems: Vec<Planned>,
     /// Trust, egress and credentials of upstream requests.
     pub(crate) upstream: UpstreamSettings,
+}
+
+/// Where the index lives (`database.driver`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Database {
+    /// The embedded SQLite file of one node (`database.path`).
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL database shared by several nodes (`database.url`).
+    Postgres { url: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +105,10 @@ const SCALAR_KEYS: &[&str] = &[
     "storage.verify_interval",
     "storage.hot_cache_size",
     "storage.hot_cache_max_object",
+    "database.driver",
     "database.path",
+    "database.url",
+    "database.fetch_lease",
     "server.header_read_timeout",
     "server.max_connections",
     "upstream.ca_file",
@@ -458,6 +473,56 @@ pub(crate) fn load(
     let database_path = PathBuf::from(
         parse("database.path", &mut problems).unwrap_or_else(|| "./data/proxyd.db".into()),
     );
+    let fl_raw = parse("database.fetch_lease", &mut problems);
+    let fetch_lease = duration("database.fetch_lease", fl_raw, "30s", &mut problems);
+    if fetch_lease < Duration::from_secs(3) || fetch_lease > Duration::from_secs(600) {
+        problems.push("database.fetch_lease: must be between 3s and 10m".into());
+    }
+    let database_url = text("database.url");
+    let database = match parse("database.driver", &mut problems).as_deref() {
+        None | Some("sqlite") => {
+            if database_url.is_some() {
+                problems.push(
+                    "database.url: set, but database.driver is sqlite (set database.driver: postgres to use it)"
+                        .into(),
+                );
+            }
+            Database::Sqlite {
+                path: database_path,
+            }
+        }
+        Some("postgres") => match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Database::Postgres { url }
+            }
+            Some(url) => {
+                problems.push(format!(
+                    "database.url: {:?} must start with postgres:// (postgres://USER:PASSWORD@HOST:PORT/DB)",
+                    redact_database_url(&url)
+                ));
+                Database::Sqlite {
+                    path: database_path,
+                }
+            }
+            None => {
+                problems.push(
+                    "database.url: required when database.driver is postgres (postgres://USER:PASSWORD@HOST:PORT/DB)"
+                        .into(),
+                );
+                Database::Sqlite {
+                    path: database_path,
+                }
+            }
+        },
+        Some(other) => {
+            problems.push(format!(
+                "database.driver: {other:?} is not sqlite or postgres"
+            ));
+            Database::Sqlite {
+                path: database_path,
+            }
+        }
+    };
     let mt_raw = parse("metadata_ttl", &mut problems);
     let metadata_ttl = duration("metadata_ttl", mt_raw, "5m", &mut problems);
     let metadata_cache_size = size("metadata_cache_size", 256_000_000, &mut problems);
@@ -569,7 +634,8 @@ pub(crate) fn load(
             verify_interval,
             hot_cache_size,
             hot_cache_max_object,
-            database_path,
+            database,
+            fetch_lease,
             metadata_ttl,
             metadata_cache_size,
             database_cache_size,
@@ -596,6 +662,29 @@ pub(crate) fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// A database URL with its password removed, wherever it is given (`user:password@` or a
+/// `password=` parameter); the user name stays, it says which role connects.
+pub(crate) fn redact_database_url(url: &str) -> String {
+    let mut out = match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = url[s + 3..at].split(':').next().unwrap_or("");
+            format!("{}://{user}:<redacted>@{}", &url[..s], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    };
+    if let Some(q) = out.find('?') {
+        let query: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=<redacted>"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..q], query.join("&"));
+    }
+    out
 }
 
 impl Settings {
@@ -628,7 +717,19 @@ impl Settings {
                 "storage.hot_cache_max_object = {} bytes",
                 self.hot_cache_max_object
             ),
-            format!("database.path = {}", self.database_path.display()),
+            match &self.database {
+                Database::Sqlite { path } => {
+                    format!(
+                        "database.driver = sqlite\ndatabase.path = {}",
+                        path.display()
+                    )
+                }
+                Database::Postgres { url } => format!(
+                    "database.driver = postgres\ndatabase.url = {}",
+                    redact_database_url(url)
+                ),
+            },
+            format!("database.fetch_lease = {}s", self.fetch_lease.as_secs()),
             format!("metadata_ttl = {}s", self.metadata_ttl.as_secs()),
             format!("metadata_cache_size = {} bytes", self.metadata_cache_size),
             format!("database.cache_size = {} bytes", self.database_cache_size),
@@ -879,5 +980,54 @@ mod tests {
     #[test]
     fn redaction() {
         assert_eq!(redact_url("http://u:p@h/x"), "http://<redacted>@h/x");
+        assert_eq!(
+            redact_database_url("postgres://proxyd:s3cret@db:5432/p?sslmode=require"),
+            "postgres://proxyd:<redacted>@db:5432/p?sslmode=require"
+        );
+        assert_eq!(
+            redact_database_url("postgres://db/p?user=x&password=s3cret"),
+            "postgres://db/p?user=x&password=<redacted>"
+        );
+    }
+
+    #[test]
+    fn the_database_driver_chooses_the_index() {
+        let (s, _) = load(&Flags::default(), &env(&[])).unwrap();
+        assert!(matches!(s.database, Database::Sqlite { .. }));
+        let url = "postgres://proxyd:s3cret@127.0.0.1:5432/proxyd";
+        let (s, _) = load(
+            &Flags::default(),
+            &env(&[
+                ("PROXYD_DATABASE_DRIVER", "postgres"),
+                ("PROXYD_DATABASE_URL", url),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database, Database::Postgres { url: url.into() });
+        assert!(!s.render().contains("s3cret"), "{}", s.render());
+        for (vars, says) in [
+            (vec![("PROXYD_DATABASE_DRIVER", "postgres")], "required"),
+            (
+                vec![("PROXYD_DATABASE_DRIVER", "mysql")],
+                "not sqlite or postgres",
+            ),
+            (
+                vec![("PROXYD_DATABASE_URL", url)],
+                "database.driver is sqlite",
+            ),
+            (
+                vec![
+                    ("PROXYD_DATABASE_DRIVER", "postgres"),
+                    ("PROXYD_DATABASE_URL", "mysql://u:s3cret@h/d"),
+                ],
+                "must start with postgres://",
+            ),
+        ] {
+            let err = load(&Flags::default(), &env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 }

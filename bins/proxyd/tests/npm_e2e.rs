@@ -2,74 +2,13 @@
 //! install, install again from an empty npm cache (hits, redirects), then install with the
 //! upstream stopped.
 
-use std::process::Command;
 use std::time::Duration;
 
 mod common;
 
-use common::{BIN, Backend, storage};
-use proxyd_testkit::npm_registry::{NpmRegistry, Package};
+use common::{BIN, Backend, npm_install, packages, storage};
+use proxyd_testkit::npm_registry::NpmRegistry;
 use proxyd_testkit::proxyd::{ProxydProcess, metric};
-
-fn packages() -> Vec<Package> {
-    vec![
-        Package::new("plain-pkg", "1.0.0"),
-        Package::new("@fixture/scoped-pkg", "2.1.0"),
-        Package::new("leaf-pkg", "1.2.3"),
-        Package::new("with-deps", "1.0.0").depends_on("leaf-pkg", "^1.0.0"),
-    ]
-}
-
-/// `npm install` of the test packages into a new project with an empty npm cache.
-fn npm_install(registry: &str) {
-    let work = tempfile::tempdir().unwrap();
-    let project = work.path().join("project");
-    std::fs::create_dir_all(&project).unwrap();
-    std::fs::write(
-        project.join("package.json"),
-        r#"{"name":"consumer","version":"0.0.0","private":true}"#,
-    )
-    .unwrap();
-    let output = Command::new("npm")
-        .current_dir(&project)
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--no-update-notifier",
-            "--loglevel",
-            "http",
-        ])
-        .arg("--registry")
-        .arg(registry)
-        .arg("--cache")
-        .arg(work.path().join("npm-cache"))
-        .args(["plain-pkg", "@fixture/scoped-pkg", "with-deps"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run npm ({e}); install Node.js and npm"));
-    assert!(
-        output.status.success(),
-        "npm install failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    for name in ["plain-pkg", "@fixture/scoped-pkg", "with-deps", "leaf-pkg"] {
-        assert!(
-            project
-                .join("node_modules")
-                .join(name)
-                .join("package.json")
-                .exists(),
-            "{name} was not installed"
-        );
-    }
-    let run = Command::new("node")
-        .current_dir(&project)
-        .args(["-e", "process.stdout.write(require('with-deps')())"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&run.stdout), "with-deps@1.0.0");
-}
 
 async fn npm_install_async(registry: String) {
     tokio::task::spawn_blocking(move || npm_install(&registry))

@@ -247,11 +247,12 @@ impl PostgresServer {
         client
     }
 
-    /// Stop the server (SIGTERM, fast shutdown), keeping its data, as an outage would.
+    /// Stop the server (SIGINT: fast shutdown, clients disconnected), keeping its data, as an
+    /// outage would.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
-                .arg("-TERM")
+                .arg("-INT")
                 .arg(child.id().to_string())
                 .status();
             let deadline = Instant::now() + Duration::from_secs(30);

@@ -35,6 +35,8 @@ pub enum Fault {
     StallMidBody,
     /// Announce no length and send the body's first kilobyte again and again, forever.
     Endless,
+    /// Send the body at this many bytes per second (a slow upstream), in 64 KiB pieces.
+    Throttle(u64),
     /// Answer 200 with the first half of the body, cleanly ended (a document cut short by an
     /// upstream that ends its response without a length).
     Truncated,
@@ -238,6 +240,22 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
                 chunk
             });
             Response::new(StreamBody::new(paced).boxed_unsync())
+        }
+        Some(Fault::Throttle(per_second)) => {
+            const PIECE: usize = 64 << 10;
+            let pause = Duration::from_secs_f64(PIECE as f64 / per_second.max(1) as f64);
+            let pieces: Vec<Bytes> = (0..body.len())
+                .step_by(PIECE)
+                .map(|at| body.slice(at..(at + PIECE).min(body.len())))
+                .collect();
+            let paced =
+                futures::StreamExt::then(futures::stream::iter(pieces), move |piece| async move {
+                    tokio::time::sleep(pause).await;
+                    Ok(Frame::data(piece))
+                });
+            let mut r = Response::new(StreamBody::new(paced).boxed_unsync());
+            r.headers_mut().insert("content-length", body.len().into());
+            r
         }
         Some(Fault::StallMidBody) => {
             let half = futures::stream::iter([Ok(Frame::data(body.slice(..body.len() / 2)))]);

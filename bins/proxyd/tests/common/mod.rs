@@ -7,6 +7,8 @@ use std::any::Any;
 
 use proxyd_testkit::emulators::{Azurite, S3sFs};
 use proxyd_testkit::forward::TcpForwarder;
+use proxyd_testkit::npm_registry::Package;
+use std::process::Command;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_proxyd");
 
@@ -23,6 +25,8 @@ pub struct StorageFixture {
     pub env: Vec<(&'static str, String)>,
     pub redirects: bool,
     pub public_base: Option<String>,
+    /// The directory s3s-fs keeps its buckets in (S3 only).
+    pub s3_data: Option<std::path::PathBuf>,
     _guards: Vec<Box<dyn Any + Send>>,
 }
 
@@ -33,6 +37,7 @@ pub async fn storage(backend: Backend, with_public_base: bool) -> StorageFixture
             env: vec![],
             redirects: false,
             public_base: None,
+            s3_data: None,
             _guards: vec![],
         },
         Backend::S3 => {
@@ -47,7 +52,11 @@ pub async fn storage(backend: Backend, with_public_base: bool) -> StorageFixture
                 ("AWS_SECRET_ACCESS_KEY", S3sFs::SECRET_KEY.to_owned()),
             ];
             let port = server.port();
-            signing_fixture(&url, env, port, with_public_base, Box::new(server)).await
+            let data = server.data_dir();
+            let mut fixture =
+                signing_fixture(&url, env, port, with_public_base, Box::new(server)).await;
+            fixture.s3_data = Some(data);
+            fixture
         }
         Backend::Azure => {
             let emulator = Azurite::start();
@@ -101,6 +110,68 @@ async fn signing_fixture(
         env,
         redirects: true,
         public_base,
+        s3_data: None,
         _guards: guards,
     }
+}
+
+/// The packages the npm tests install: plain, scoped, and one with a dependency.
+pub fn packages() -> Vec<Package> {
+    vec![
+        Package::new("plain-pkg", "1.0.0"),
+        Package::new("@fixture/scoped-pkg", "2.1.0"),
+        Package::new("leaf-pkg", "1.2.3"),
+        Package::new("with-deps", "1.0.0").depends_on("leaf-pkg", "^1.0.0"),
+    ]
+}
+
+/// `npm install` of the test packages ([`packages`]) into a new project with an empty npm cache.
+pub fn npm_install(registry: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("package.json"),
+        r#"{"name":"consumer","version":"0.0.0","private":true}"#,
+    )
+    .unwrap();
+    let output = Command::new("npm")
+        .current_dir(&project)
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--no-update-notifier",
+            "--loglevel",
+            "http",
+        ])
+        .arg("--registry")
+        .arg(registry)
+        .arg("--cache")
+        .arg(work.path().join("npm-cache"))
+        .args(["plain-pkg", "@fixture/scoped-pkg", "with-deps"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run npm ({e}); install Node.js and npm"));
+    assert!(
+        output.status.success(),
+        "npm install failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["plain-pkg", "@fixture/scoped-pkg", "with-deps", "leaf-pkg"] {
+        assert!(
+            project
+                .join("node_modules")
+                .join(name)
+                .join("package.json")
+                .exists(),
+            "{name} was not installed"
+        );
+    }
+    let run = Command::new("node")
+        .current_dir(&project)
+        .args(["-e", "process.stdout.write(require('with-deps')())"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "with-deps@1.0.0");
 }
