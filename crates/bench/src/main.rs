@@ -1,6 +1,7 @@
 //! proxyd-bench: scenarios from docs/performance.md, each measured against a reference in the
 //! same run, printed as a table and written as markdown.
 
+mod nodes;
 mod peers;
 mod procs;
 mod stub;
@@ -160,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
     }
-    for n in 1..=8 {
+    for n in 1..=9 {
         if !wanted(n) {
             continue;
         }
@@ -172,7 +173,8 @@ async fn main() -> anyhow::Result<()> {
             5 => coalescing(&env).await,
             6 => metadata(&env, s).await,
             7 => scale(&env).await,
-            _ => reliability(&env, s).await,
+            8 => reliability(&env, s).await,
+            _ => nodes::two_nodes(&env, s).await,
         };
         match result {
             Ok(new) => {
