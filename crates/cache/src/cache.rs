@@ -1217,7 +1217,7 @@ impl Cache {
                         ));
                     }
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                    pause = (pause * 2).min(Duration::from_millis(250));
                     if let Some(entry) = self.committed_elsewhere(&spec.key, newer_than).await {
                         metrics::counter!(m::FETCH_LEASES_TOTAL, "outcome" => "other_node")
                             .increment(1);
