@@ -31,6 +31,13 @@ pub trait EcosystemKind: 'static {
     /// compared with); `Err` with a reason when it is not a URL proxyd can use.
     fn upstream(config: &Self::Config) -> Result<Option<Url>, String>;
 
+    /// Further upstreams in `config`, tried after the first (Maven's list of repositories):
+    /// trusted like it by the egress rule. None by default.
+    fn more_upstreams(config: &Self::Config) -> Vec<Url> {
+        let _ = config;
+        Vec::new()
+    }
+
     /// Build the handler of one instance.
     fn build(config: Self::Config, context: EcosystemContext) -> Result<Self::Handler, String>;
 }
@@ -66,7 +73,7 @@ pub const COMMON_FIELDS: &[&str] = &[
 /// Segments that are never a mount.
 const RESERVED: &[&str] = &["health", "metrics", "stats"];
 
-type Check = fn(&serde_json::Value) -> Result<Option<Url>, String>;
+type Check = fn(&serde_json::Value) -> Result<(Option<Url>, Vec<Url>), String>;
 type Build = fn(serde_json::Value, EcosystemContext) -> Result<Arc<dyn Handler>, String>;
 
 #[derive(Clone)]
@@ -78,9 +85,9 @@ struct KindEntry {
     build: Build,
 }
 
-fn check<K: EcosystemKind>(value: &serde_json::Value) -> Result<Option<Url>, String> {
+fn check<K: EcosystemKind>(value: &serde_json::Value) -> Result<(Option<Url>, Vec<Url>), String> {
     let config: K::Config = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
-    K::upstream(&config)
+    Ok((K::upstream(&config)?, K::more_upstreams(&config)))
 }
 
 fn build<K: EcosystemKind>(
@@ -118,6 +125,8 @@ pub struct InstanceSpec {
     pub limits: UpstreamLimits,
     /// The upstream URL, if configured.
     pub upstream: Option<Url>,
+    /// Further upstreams, tried after the first.
+    pub more_upstreams: Vec<Url>,
     config: serde_json::Value,
 }
 
@@ -409,13 +418,14 @@ impl Registry {
             }
             let config = serde_json::Value::Object(fields);
             match (entry.check)(&config) {
-                Ok(upstream) => planned.push(Planned::Enabled(InstanceSpec {
+                Ok((upstream, more_upstreams)) => planned.push(Planned::Enabled(InstanceSpec {
                     name,
                     kind,
                     mount,
                     direct_serve,
                     limits,
                     upstream,
+                    more_upstreams,
                     config,
                 })),
                 Err(e) if legacy_upstream => problems.push(format!("upstream.{kind}: {e}")),
@@ -441,7 +451,8 @@ impl Registry {
             .ok_or_else(|| format!("no kind {}", spec.kind))?;
         let upstream = shared
             .clients
-            .for_instance(spec.name, spec.upstream.clone(), spec.limits);
+            .for_instance(spec.name, spec.upstream.clone(), spec.limits)
+            .also_trusting(spec.more_upstreams.clone());
         let context = EcosystemContext {
             instance: spec.name,
             mount: spec.mount,

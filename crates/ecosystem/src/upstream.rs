@@ -307,6 +307,7 @@ impl UpstreamClients {
             clients: self.clone(),
             label,
             origin,
+            more_origins: Arc::from(Vec::new()),
             limits,
             slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
         }
@@ -365,6 +366,8 @@ pub struct Upstream {
     clients: Arc<UpstreamClients>,
     label: &'static str,
     origin: Option<Url>,
+    /// Further configured upstreams (tried after the first), trusted like it.
+    more_origins: Arc<[Url]>,
     limits: UpstreamLimits,
     slots: Arc<Semaphore>,
 }
@@ -378,6 +381,14 @@ impl Upstream {
     /// The configured upstream URL.
     pub fn url(&self) -> Option<&Url> {
         self.origin.as_ref()
+    }
+
+    /// This client, trusting `more` configured upstreams like the first (URLs at their
+    /// origins are fetched whatever their address).
+    #[must_use]
+    pub fn also_trusting(mut self, more: Vec<Url>) -> Self {
+        self.more_origins = Arc::from(more);
+        self
     }
 
     /// The limits.
@@ -449,7 +460,14 @@ impl Upstream {
             let route = self
                 .clients
                 .egress
-                .classify(&url, self.origin.as_ref())
+                .classify(
+                    &url,
+                    self.origin
+                        .iter()
+                        .chain(self.more_origins.iter())
+                        .find(|o| o.origin() == url.origin())
+                        .or(self.origin.as_ref()),
+                )
                 .map_err(|reason| {
                     fail(
                         UpstreamError::Refused {
