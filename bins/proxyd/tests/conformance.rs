@@ -49,3 +49,4 @@ macro_rules! conformance {
 conformance!(npm, Kind::Npm);
 conformance!(pypi, Kind::PyPi);
 conformance!(cargo, Kind::Cargo);
+conformance!(maven, Kind::Maven);

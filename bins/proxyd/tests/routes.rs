@@ -305,6 +305,53 @@ async fn cargo_routes() {
     });
 }
 
+#[tokio::test]
+async fn maven_routes() {
+    use proxyd_maven::{MavenConfig, MavenFile, MavenKind, MavenOp};
+    let dir = tempfile::tempdir().unwrap();
+    let config = MavenConfig {
+        upstream: vec!["http://127.0.0.1:9".into()],
+    };
+    let maven = MavenKind::build(config, context("maven", dir.path()).await).unwrap();
+    let get = Method::GET;
+    let jar = "/org/apache/commons/commons-lang3/3.12.0/commons-lang3-3.12.0.jar";
+    match maven.route(&get, jar) {
+        Ok(MavenOp::Artifact { key, path }) => {
+            assert_eq!(key.as_str(), format!("maven{jar}"));
+            assert_eq!(path.file, MavenFile::Release);
+        }
+        other => panic!("{other:?}"),
+    }
+    for (path, file) in [
+        (format!("{jar}.sha1"), MavenFile::Checksum("sha1")),
+        (
+            "/org/apache/commons/commons-lang3/maven-metadata.xml".into(),
+            MavenFile::Metadata,
+        ),
+        (format!("{jar}.asc"), MavenFile::Signature),
+    ] {
+        match maven.route(&Method::HEAD, &path) {
+            Ok(MavenOp::Document(p)) => assert_eq!(p.file, file, "{path}"),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    for (method, path, status) in [
+        (Method::PUT, jar.to_owned(), 405),
+        (get.clone(), "/org/../etc/passwd".into(), 400),
+        (get.clone(), "/org/%2e%2e/x/1/x-1.jar".into(), 400),
+        (get.clone(), "/org//x/1/x-1.jar".into(), 400),
+        (get.clone(), "/x.jar".into(), 400),
+        (get.clone(), format!("/org/{}", "a".repeat(2_000)), 400),
+    ] {
+        let refusal = maven.route(&method, &path).unwrap_err();
+        assert_eq!(refusal.status(), status, "{method} {path}");
+    }
+    fuzz(&maven, "maven", |op| match op {
+        MavenOp::Artifact { key, .. } => Some(key),
+        MavenOp::Document(_) => None,
+    });
+}
+
 fn doc_request<'a>(key: &'a str, url: &'a str) -> proxyd_ecosystem::DocumentRequest<'a> {
     proxyd_ecosystem::DocumentRequest {
         key,

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use crate::cargo_registry::{CargoRegistry, Crate};
 use crate::emulators::S3sFs;
+use crate::maven_repo::{MavenArtifact, MavenRepository};
 use crate::npm_registry::{NpmRegistry, Package};
 use crate::proxyd::{ProxydProcess, metric};
 use crate::pypi_registry::{File, PageFormat, PyPiRegistry};
@@ -22,6 +23,7 @@ pub enum Kind {
     Npm,
     PyPi,
     Cargo,
+    Maven,
 }
 
 /// Where proxyd keeps artifacts in a check.
@@ -37,6 +39,7 @@ enum Upstream {
     Npm(NpmRegistry),
     PyPi(PyPiRegistry),
     Cargo(CargoRegistry),
+    Maven(MavenRepository),
 }
 
 /// One ecosystem's package, served by its fake upstream.
@@ -57,8 +60,9 @@ pub struct Fixture {
     pub digest: &'static str,
     /// Whether the metadata reply depends on `Accept`.
     pub negotiates: bool,
-    /// A document on proxyd that must point back at proxyd, and what it must contain.
-    pub links: (String, String),
+    /// A document on proxyd that must point back at proxyd, and what it must contain (none
+    /// where nothing is rewritten, as in a Maven repository).
+    pub links: Option<(String, String)>,
     /// Paths proxyd must refuse with 4xx without asking upstream.
     pub bad_paths: Vec<String>,
     /// Metadata of a package upstream does not have, on proxyd and upstream.
@@ -87,10 +91,10 @@ impl Fixture {
                     artifact: registry.tarball(&pkg),
                     digest: "sha512",
                     negotiates: true,
-                    links: (
+                    links: Some((
                         "/npm/conformance-pkg".into(),
                         "/npm/conformance-pkg/-/conformance-pkg-1.0.0.tgz".into(),
-                    ),
+                    )),
                     bad_paths: vec![
                         "/npm/conformance-pkg/-/..%2fx.tgz".into(),
                         "/npm/conformance-pkg/-/conformance-pkg-1.0.0.zip".into(),
@@ -123,10 +127,10 @@ impl Fixture {
                     artifact: bytes,
                     digest: "sha256",
                     negotiates: true,
-                    links: (
+                    links: Some((
                         "/pypi/simple/conformance-pkg/".into(),
                         format!("/pypi/packages/conformance-pkg/{filename}"),
-                    ),
+                    )),
                     bad_paths: vec![
                         "/pypi/packages/Conformance_Pkg/x.whl".into(),
                         "/pypi/packages/conformance-pkg/.x.whl".into(),
@@ -157,10 +161,10 @@ impl Fixture {
                     artifact,
                     digest: "sha256",
                     negotiates: false,
-                    links: (
+                    links: Some((
                         "/cargo/config.json".into(),
                         "/cargo/crates/{crate}/{version}/download".into(),
-                    ),
+                    )),
                     bad_paths: vec![
                         "/cargo/crates/conformance-pkg/..%2f/download".into(),
                         "/cargo/crates/-x/1.0.0/download".into(),
@@ -174,6 +178,39 @@ impl Fixture {
                     upstream: Upstream::Cargo(registry),
                 }
             }
+            Kind::Maven => {
+                let artifact =
+                    MavenArtifact::new("org.conformance", "conformance-pkg", "1.0.0", size);
+                let repo = MavenRepository::start(std::slice::from_ref(&artifact)).await;
+                let jar = artifact.path("jar");
+                Self {
+                    kind,
+                    mount: "maven",
+                    settings: format!("upstream:\n  maven: {}\n", repo.url()),
+                    metadata_path: format!("/maven{}", artifact.metadata_path()),
+                    metadata_upstream_path: artifact.metadata_path(),
+                    artifact_path: format!("/maven{jar}"),
+                    artifact_upstream_path: jar,
+                    artifact: artifact.jar.clone(),
+                    digest: "sha1",
+                    negotiates: false,
+                    links: None,
+                    bad_paths: vec![
+                        "/maven/org/conformance/..%2fx/1.0/x-1.0.jar".into(),
+                        "/maven/org/.m2/x/1.0/x-1.0.jar".into(),
+                        "/maven/x.jar".into(),
+                        "/maven/org/x/1.0/x 1.0.jar".into(),
+                    ],
+                    unknown: (
+                        "/maven/org/none/no-such-pkg/maven-metadata.xml".into(),
+                        "/org/none/no-such-pkg/maven-metadata.xml".into(),
+                    ),
+                    unknown_artifact:
+                        "/maven/org/conformance/conformance-pkg/9.9.9/conformance-pkg-9.9.9.jar"
+                            .into(),
+                    upstream: Upstream::Maven(repo),
+                }
+            }
         }
     }
 
@@ -183,6 +220,7 @@ impl Fixture {
             Upstream::Npm(r) => r.server(),
             Upstream::PyPi(r) => &r.server,
             Upstream::Cargo(r) => &r.server,
+            Upstream::Maven(r) => &r.server,
         }
     }
 
@@ -566,13 +604,14 @@ pub async fn range_and_conditionals(bin: &str, kind: Kind, storage: Storage) {
 pub async fn metadata_points_at_proxyd(bin: &str, kind: Kind, storage: Storage) {
     let f = Fixture::start(kind, 1_000).await;
     let run = start_proxyd(bin, &f, storage, "");
-    let (doc_path, needle) = &f.links;
     let c = client();
-    let doc = run.get(doc_path).await;
-    assert_eq!(doc.status(), 200);
-    let text = doc.text().await.unwrap();
-    let expected = format!("{}{needle}", run.proxyd.url());
-    assert!(text.contains(&expected), "{expected} not in {text}");
+    if let Some((doc_path, needle)) = &f.links {
+        let doc = run.get(doc_path).await;
+        assert_eq!(doc.status(), 200);
+        let text = doc.text().await.unwrap();
+        let expected = format!("{}{needle}", run.proxyd.url());
+        assert!(text.contains(&expected), "{expected} not in {text}");
+    }
     let meta = run.get(&f.metadata_path).await;
     assert_eq!(meta.status(), 200);
     let vary = meta
@@ -605,12 +644,20 @@ pub async fn unknown_names_reach_upstream_once(bin: &str, kind: Kind, storage: S
         assert_eq!(resp.status(), 404);
     }
     assert_eq!(f.server().hits(upstream_path), 1, "asked once for {path}");
-    for _ in 0..5 {
+    let resp = run.get(&f.unknown_artifact).await;
+    assert_eq!(resp.status(), 404);
+    let after_first = f.server().total_hits();
+    for _ in 0..4 {
         let resp = run.get(&f.unknown_artifact).await;
         assert_eq!(resp.status(), 404);
     }
-    // The metadata once (just fetched, so not fetched again for the missing file); then the
-    // file is remembered as missing.
-    assert_eq!(f.server().hits(&f.metadata_upstream_path), 1);
+    // Whatever the first one asked upstream (the metadata, just fetched, once at most), the
+    // file is remembered as missing and the others ask nothing.
+    assert_eq!(
+        f.server().total_hits(),
+        after_first,
+        "the missing file is remembered"
+    );
+    assert!(f.server().hits(&f.metadata_upstream_path) <= 1);
     assert_eq!(f.server().hits(&f.artifact_upstream_path), 0);
 }

@@ -7,6 +7,7 @@ pub mod ecosystem_suite;
 pub mod emulators;
 pub mod forward;
 pub mod index_suite;
+pub mod maven_repo;
 pub mod npm_registry;
 pub mod postgres;
 pub mod proxyd;

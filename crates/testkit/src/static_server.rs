@@ -42,9 +42,13 @@ pub enum Fault {
     Truncated,
 }
 
+/// Answers paths no route names (a repository read from disk): the body and its content type.
+pub type Fallback = Box<dyn Fn(&str) -> Option<(Bytes, String)> + Send + Sync>;
+
 #[derive(Default)]
 struct State {
     routes: HashMap<String, (Bytes, String)>,
+    fallback: Option<Arc<Fallback>>,
     faults: HashMap<String, Fault>,
     hits: HashMap<String, usize>,
     /// Stopped: open connections are closed at their next request.
@@ -132,6 +136,11 @@ impl StaticServer {
             .insert(path.to_owned(), (body.into(), content_type.to_owned()));
     }
 
+    /// Answer paths no route names with `fallback` (its answers are not kept).
+    pub fn set_fallback(&self, fallback: Fallback) {
+        self.state.lock().unwrap().fallback = Some(Arc::new(fallback));
+    }
+
     /// The body at `path`.
     pub fn get(&self, path: &str) -> Option<Bytes> {
         self.state
@@ -199,10 +208,24 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let path = req.uri().path().replace("%2f", "/").replace("%2F", "/");
-    let (fault, route) = {
+    let (fault, route, fallback) = {
         let mut s = state.lock().unwrap();
         *s.hits.entry(path.clone()).or_default() += 1;
-        (s.faults.get(&path).copied(), s.routes.get(&path).cloned())
+        (
+            s.faults.get(&path).copied(),
+            s.routes.get(&path).cloned(),
+            s.fallback.clone(),
+        )
+    };
+    let route = match (route, fallback) {
+        (None, Some(fallback)) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || fallback(&path))
+                .await
+                .ok()
+                .flatten()
+        }
+        (route, _) => route,
     };
     match fault {
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
