@@ -194,3 +194,98 @@ async fn a_jar_that_does_not_match_its_sha1_is_refused_and_not_stored() {
     assert_eq!(sum.status(), 200);
     assert_eq!(sum.text().await.unwrap().len(), 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_are_tried_in_order_while_they_answer_404() {
+    use proxyd_testkit::maven_repo::MavenArtifact;
+    let central = MavenArtifact::new("org.central", "lib", "1.0", 5_000);
+    let portal = MavenArtifact::new("org.portal", "plugin", "2.0", 6_000);
+    let first = MavenRepository::start(std::slice::from_ref(&central)).await;
+    let second = MavenRepository::start(std::slice::from_ref(&portal)).await;
+    let proxyd = ProxydProcess::start(
+        BIN,
+        &format!(
+            "upstream:\n  maven:\n    - {}\n    - {}\n",
+            first.url(),
+            second.url()
+        ),
+        &[],
+    );
+    let get = |path: String| {
+        let url = format!("{}/maven{path}", proxyd.url());
+        async move { reqwest::get(url).await.unwrap() }
+    };
+    let from_first = get(central.path("jar")).await;
+    assert_eq!(from_first.status(), 200);
+    assert_eq!(from_first.bytes().await.unwrap(), central.jar);
+    assert_eq!(
+        second.server.hits(&central.path("jar.sha1")),
+        0,
+        "found first"
+    );
+    let from_second = get(portal.path("jar")).await;
+    assert_eq!(from_second.status(), 200);
+    assert_eq!(from_second.bytes().await.unwrap(), portal.jar);
+    assert_eq!(first.server.hits(&portal.path("jar")), 0);
+    let metadata = get(portal.metadata_path()).await;
+    assert_eq!(metadata.status(), 200);
+    assert!(
+        metadata
+            .text()
+            .await
+            .unwrap()
+            .contains("<version>2.0</version>")
+    );
+    // A file neither has (Gradle probes for .module files): the last 404 passes through.
+    let module = get(central.path("module")).await;
+    assert_eq!(module.status(), 404);
+    assert_eq!(
+        first.server.hits(&central.path("module")),
+        0,
+        "no checksum, no fetch"
+    );
+    assert_eq!(
+        proxyd.stats().await["ecosystems"]["maven"]["cached_artifacts"],
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_deployed_again_is_seen_after_the_metadata_ttl() {
+    use proxyd_testkit::maven_repo::MavenArtifact;
+    let v1 = MavenArtifact::new("org.snap", "lib", "1.0-SNAPSHOT", 4_000);
+    let repo = MavenRepository::start(std::slice::from_ref(&v1)).await;
+    let proxyd = ProxydProcess::start(
+        BIN,
+        &format!("metadata_ttl: 1s\nupstream:\n  maven: {}\n", repo.url()),
+        &[],
+    );
+    let url = format!("{}/maven{}", proxyd.url(), v1.path("jar"));
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().bytes().await.unwrap(),
+        v1.jar
+    );
+    let v2 = MavenArtifact {
+        jar: vec![7u8; 4_321].into(),
+        ..v1.clone()
+    };
+    repo.publish(&v2);
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().bytes().await.unwrap(),
+        v1.jar,
+        "fresh for the TTL"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().bytes().await.unwrap(),
+        v2.jar,
+        "deployed again: fetched, verified against its new checksum, kept"
+    );
+    // With the upstream gone the last copy is served.
+    repo.server.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().bytes().await.unwrap(),
+        v2.jar
+    );
+}
