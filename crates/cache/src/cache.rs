@@ -1585,6 +1585,27 @@ impl Cache {
         })
     }
 
+    /// Keep `body`, which a client sent, under `spec.key` (replacing what is there), and count
+    /// it like a fetched artifact (hits, totals, eviction). Nothing is kept when the body fails
+    /// (a client gone, or over a size limit the caller enforces by failing the stream).
+    pub async fn store(
+        &self,
+        spec: &ArtifactSpec,
+        body: ByteStream,
+    ) -> Result<Arc<ArtifactEntry>, proxyd_storage_core::Error> {
+        let put = self
+            .storage
+            .put(
+                &spec.key,
+                body,
+                PutOptions::with_content_type(spec.content_type.clone()),
+            )
+            .await?;
+        self.note_storage_success();
+        self.drop_from_memory([spec.key.clone()]);
+        Ok(self.commit(spec, put.size, put.sha256).await)
+    }
+
     /// A create-only put found the key already in storage: another node stored it (its fetch
     /// lease was lost or the index was unreachable), or a row marked for eviction is fetched
     /// again before its object went. The object there is read once to learn its digest; one of

@@ -22,6 +22,9 @@ pub trait EcosystemKind: 'static {
     const NEEDS_UPSTREAM: bool = true;
     /// The first path segment of the default instance, when it is not `KIND` (OCI's `v2`).
     const DEFAULT_MOUNT: Option<&'static str> = None;
+    /// Whether its stored files are always streamed, never redirected to storage whatever
+    /// `direct_serve` says (Gradle's build cache).
+    const NEVER_REDIRECT: bool = false;
     /// The kind's own settings (`#[serde(deny_unknown_fields)]`, documented per field).
     type Config: DeserializeOwned + std::fmt::Debug;
     /// The handler.
@@ -79,6 +82,7 @@ type Build = fn(serde_json::Value, EcosystemContext) -> Result<Arc<dyn Handler>,
 #[derive(Clone)]
 struct KindEntry {
     needs_upstream: bool,
+    never_redirect: bool,
     default_mount: Option<&'static str>,
     fields: &'static [&'static str],
     check: Check,
@@ -204,6 +208,7 @@ impl Registry {
             K::KIND,
             KindEntry {
                 needs_upstream: K::NEEDS_UPSTREAM,
+                never_redirect: K::NEVER_REDIRECT,
                 default_mount: K::DEFAULT_MOUNT,
                 fields: field_names::<K::Config>(),
                 check: check::<K>,
@@ -351,6 +356,11 @@ impl Registry {
             let mut bad = |key: &str, e: String| problems.push(format!("{prefix}.{key}: {e}"));
             let direct_serve =
                 direct_serve.and_then(|t| parse_bool(&t).map_err(|e| bad("direct_serve", e)).ok());
+            let direct_serve = if entry.never_redirect {
+                Some(false)
+            } else {
+                direct_serve
+            };
             if let Some(t) = timeout {
                 match parse_duration(&t) {
                     Ok(d) if !d.is_zero() => limits.timeout = d,

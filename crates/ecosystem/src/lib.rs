@@ -23,7 +23,7 @@ pub use metadata::{
 };
 pub use reply::{
     DocumentReply, Fetch, FreshnessRule, Refusal, RefusalKind, Reply, ResolveFuture, Resolver,
-    SourceFuture, StoredReply,
+    SourceFuture, StoredReply, UploadReply,
 };
 pub use upstream::{
     Credential, Upstream, UpstreamAuth, UpstreamClients, UpstreamConfigError, UpstreamError,

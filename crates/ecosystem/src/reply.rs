@@ -238,6 +238,21 @@ impl std::fmt::Debug for StoredReply {
     }
 }
 
+/// A file a client sends (PUT) to be kept in storage under `key`: counted and evicted like
+/// artifacts.
+#[derive(Debug, Clone)]
+pub struct UploadReply {
+    /// Storage key (under the instance's prefix).
+    pub key: ObjectKey,
+    /// The name the entry is counted under.
+    pub name: String,
+    /// Content type it is served with.
+    pub content_type: String,
+    /// The largest body accepted: a larger one is answered 413 (as soon as it is seen, from
+    /// `Content-Length` or while streaming) and nothing is stored.
+    pub max_size: u64,
+}
+
 /// What a handler answers.
 #[derive(Debug)]
 pub enum Reply {
@@ -245,6 +260,8 @@ pub enum Reply {
     Document(DocumentReply),
     /// A file kept in storage.
     Stored(StoredReply),
+    /// A body to store (a PUT).
+    Upload(UploadReply),
     /// A redirect to a canonical URL (absolute or a path).
     Redirect {
         /// Where to.

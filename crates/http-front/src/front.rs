@@ -9,6 +9,10 @@ use proxyd_ecosystem::{DocumentReply, EcosystemRequest, Handler, MountedInstance
 
 use crate::body::{self, Body};
 
+/// A request body as the front reads it.
+pub(crate) type RequestBody =
+    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io::Error>;
+
 /// Direct-serve settings.
 #[derive(Debug, Clone)]
 pub struct DirectServeSettings {
@@ -254,10 +258,33 @@ impl Front {
         }
     }
 
-    /// Answer one request.
+    /// Answer one request whose body is not read (enough for every GET and HEAD).
     pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
-        let started = Instant::now();
         let (parts, _body) = request.into_parts();
+        self.serve_parts(parts, None).await
+    }
+
+    /// Answer one request, reading its body where a route keeps it (a PUT to the build
+    /// cache).
+    pub async fn handle_with_body<B>(self: Arc<Self>, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        use http_body_util::BodyExt;
+        let (parts, body) = request.into_parts();
+        let body = body
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .boxed_unsync();
+        self.serve_parts(parts, Some(body)).await
+    }
+
+    async fn serve_parts(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        request_body: Option<RequestBody>,
+    ) -> Response<Body> {
+        let started = Instant::now();
         if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
             && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
         {
@@ -287,7 +314,7 @@ impl Front {
                     };
                     let reply = mount.handler.clone().serve(request).await;
                     let response = self
-                        .respond(mount, &parts.method, &parts.headers, reply)
+                        .respond(mount, &parts.method, &parts.headers, reply, request_body)
                         .await;
                     (response, Some(mount.name))
                 }
@@ -323,8 +350,13 @@ impl Front {
         method: &Method,
         headers: &HeaderMap,
         reply: Reply,
+        request_body: Option<RequestBody>,
     ) -> Response<Body> {
         match reply {
+            Reply::Upload(upload) => {
+                self.store_upload(mount.name, headers, upload, request_body)
+                    .await
+            }
             Reply::Document(doc) => document(method, headers, doc),
             Reply::Stored(stored) => {
                 self.serve_stored(mount.name, mount.wants_redirects, method, headers, stored)

@@ -7,6 +7,7 @@ mod front;
 #[doc(hidden)]
 pub mod fuzzing;
 mod server;
+mod upload;
 
 pub use front::{DirectServeSettings, DisabledMount, Front, FrontSettings, MetricsRender};
 pub use server::{ServerLimits, serve};

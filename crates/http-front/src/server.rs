@@ -83,7 +83,7 @@ pub async fn serve(
                 let front = front.clone();
                 let service = service_fn(move |request| {
                     let front = front.clone();
-                    async move { Ok::<_, Infallible>(front.handle(request).await) }
+                    async move { Ok::<_, Infallible>(front.handle_with_body(request).await) }
                 });
                 let first_byte_wait = limits.header_read_timeout;
                 let builder = builder.clone();
