@@ -190,12 +190,30 @@ fn gradle(project: &std::path::Path, home: &std::path::Path, args: &[&str]) -> S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gradle_builds_through_maven_and_takes_tasks_from_the_build_cache() {
+async fn gradle_builds_and_takes_tasks_from_the_build_cache_on_filesystem_storage() {
+    gradle_cycle(Backend::Fs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradle_builds_and_takes_tasks_from_the_build_cache_on_s3_with_direct_serve() {
+    gradle_cycle(Backend::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradle_builds_and_takes_tasks_from_the_build_cache_on_azure_with_direct_serve() {
+    gradle_cycle(Backend::Azure).await;
+}
+
+/// A build through `/maven/` with the remote cache on `/gradle/`, then a clean build whose
+/// compilation comes from the cache (dependencies redirected to storage where direct-serve is
+/// on; build cache entries always streamed).
+async fn gradle_cycle(backend: Backend) {
     let upstream = MavenRepository::from_dir("/usr/share/maven-repo".into()).await;
+    let store = storage(backend, false).await;
     let proxyd = ProxydProcess::start(
         BIN,
-        &format!("upstream:\n  maven: {}\n", upstream.url()),
-        &[],
+        &format!("{}upstream:\n  maven: {}\n", store.yaml, upstream.url()),
+        &store.env,
     );
     let work = tempfile::tempdir().unwrap();
     let project = work.path().join("gapp");
