@@ -68,6 +68,20 @@ install_cargo_fuzz() {
     fi
 }
 
+# Genuine .deb files for the apt tests (fortune-mod with its dependency and recommendation,
+# and hello), named as a pool names them (without the epoch).
+install_test_debs() {
+    if [ ! -f "$tools/debs/.complete" ]; then
+        step "downloading the .deb files the apt tests serve"
+        rm -rf "$tools/debs" && mkdir -p "$tools/debs"
+        (cd "$tools/debs" && apt-get download -q fortune-mod librecode0 fortunes-min hello)
+        for f in "$tools"/debs/*%3a*; do
+            [ -e "$f" ] && mv "$f" "$(echo "$f" | sed 's/_[0-9]*%3a/_/')"
+        done
+        touch "$tools/debs/.complete"
+    fi
+}
+
 apt_install() {
     local missing=()
     for pkg in "$@"; do

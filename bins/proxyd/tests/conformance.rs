@@ -50,3 +50,4 @@ conformance!(npm, Kind::Npm);
 conformance!(pypi, Kind::PyPi);
 conformance!(cargo, Kind::Cargo);
 conformance!(maven, Kind::Maven);
+conformance!(debian, Kind::Debian);

@@ -125,6 +125,10 @@ impl Paths {
             "crates",
             "download",
             "config.json",
+            "dists",
+            "pool",
+            "InRelease",
+            ".deb",
             "1.0.0",
             "ab",
             "cd",
@@ -349,6 +353,80 @@ async fn maven_routes() {
     fuzz(&maven, "maven", |op| match op {
         MavenOp::Artifact { key, .. } => Some(key),
         MavenOp::Document(_) => None,
+    });
+}
+
+#[tokio::test]
+async fn debian_routes() {
+    use proxyd_debian::{DebianConfig, DebianKind, DebianOp, DistsFile, SignedFile};
+    let dir = tempfile::tempdir().unwrap();
+    let config = DebianConfig {
+        upstream: "http://127.0.0.1:9".into(),
+    };
+    let debian = DebianKind::build(config, context("debian", dir.path()).await).unwrap();
+    let get = Method::GET;
+    assert_eq!(
+        debian.route(&get, "/dists/stable/InRelease"),
+        Ok(DebianOp::Signed {
+            path: "dists/stable/InRelease".into(),
+            file: SignedFile::InRelease
+        })
+    );
+    match debian.route(&get, "/dists/stable/main/binary-amd64/Packages.xz") {
+        Ok(DebianOp::Dists { key, file, .. }) => {
+            assert_eq!(
+                key.as_str(),
+                "debian/dists/stable/main/binary-amd64/Packages.xz"
+            );
+            assert_eq!(file, DistsFile::Revalidated { reads_index: true });
+        }
+        other => panic!("{other:?}"),
+    }
+    let hex = "ab".repeat(32);
+    match debian.route(
+        &Method::HEAD,
+        &format!("/dists/stable/main/binary-amd64/by-hash/SHA256/{hex}"),
+    ) {
+        Ok(DebianOp::Dists {
+            file: DistsFile::ByHash { algorithm, .. },
+            ..
+        }) => {
+            assert_eq!(algorithm, "sha256");
+        }
+        other => panic!("{other:?}"),
+    }
+    match debian.route(&get, "/pool/main/h/hello/hello_2.10-3_amd64.deb") {
+        Ok(DebianOp::Pool { key, .. }) => {
+            assert_eq!(
+                key.as_str(),
+                "debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for (method, path, status) in [
+        (Method::PUT, "/pool/main/x.deb".to_owned(), 405),
+        (
+            get.clone(),
+            "/dists/stable/main/by-hash/SHA256/abc".into(),
+            400,
+        ),
+        (
+            get.clone(),
+            "/dists/stable/main/by-hash/SHA1/abc".into(),
+            400,
+        ),
+        (get.clone(), "/pool/main/..%2fx.deb".into(), 400),
+        (get.clone(), "/pool/main/.x.deb".into(), 400),
+        (get.clone(), "/other/x".into(), 404),
+        (get.clone(), "/dists".into(), 404),
+    ] {
+        let refusal = debian.route(&method, &path).unwrap_err();
+        assert_eq!(refusal.status(), status, "{method} {path}");
+    }
+    fuzz(&debian, "debian", |op| match op {
+        DebianOp::Dists { key, .. } | DebianOp::Pool { key, .. } => Some(key),
+        DebianOp::Signed { .. } => None,
     });
 }
 

@@ -37,7 +37,7 @@ pub use http;
 pub use proxyd_cache::{
     ArtifactSpec, DigestVerifier, Document, ExpectedDigest, FailureKind, FetchFailure, Verifier,
 };
-pub use proxyd_storage_core::ObjectKey;
+pub use proxyd_storage_core::{ByteStream, ObjectKey};
 pub use serde;
 pub use serde_json;
 pub use tracing;

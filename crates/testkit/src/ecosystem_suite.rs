@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::apt_repo::AptRepository;
 use crate::cargo_registry::{CargoRegistry, Crate};
 use crate::emulators::S3sFs;
 use crate::maven_repo::{MavenArtifact, MavenRepository};
@@ -24,6 +25,7 @@ pub enum Kind {
     PyPi,
     Cargo,
     Maven,
+    Debian,
 }
 
 /// Where proxyd keeps artifacts in a check.
@@ -40,6 +42,7 @@ enum Upstream {
     PyPi(PyPiRegistry),
     Cargo(CargoRegistry),
     Maven(MavenRepository),
+    Debian(AptRepository),
 }
 
 /// One ecosystem's package, served by its fake upstream.
@@ -69,6 +72,11 @@ pub struct Fixture {
     pub unknown: (String, String),
     /// An artifact of the package that upstream does not have.
     pub unknown_artifact: String,
+    /// What a client asks before an artifact (apt's `update`: the indexes whose digests
+    /// verify the `.deb` files); asked by the checks about artifacts.
+    pub warm_up: Vec<String>,
+    /// How many of those are kept in storage (counted as cached).
+    pub warm_up_stored: u64,
     upstream: Upstream,
 }
 
@@ -103,6 +111,8 @@ impl Fixture {
                     ],
                     unknown: ("/npm/no-such-pkg".into(), "/no-such-pkg".into()),
                     unknown_artifact: "/npm/conformance-pkg/-/conformance-pkg-9.9.9.tgz".into(),
+                    warm_up: vec![],
+                    warm_up_stored: 0,
                     upstream: Upstream::Npm(registry),
                 }
             }
@@ -142,6 +152,8 @@ impl Fixture {
                     ),
                     unknown_artifact:
                         "/pypi/packages/conformance-pkg/conformance_pkg-9.9-py3-none-any.whl".into(),
+                    warm_up: vec![],
+                    warm_up_stored: 0,
                     upstream: Upstream::PyPi(registry),
                 }
             }
@@ -175,6 +187,8 @@ impl Fixture {
                         "/index/no/-s/no-such-pkg".into(),
                     ),
                     unknown_artifact: "/cargo/crates/conformance-pkg/9.9.9/download".into(),
+                    warm_up: vec![],
+                    warm_up_stored: 0,
                     upstream: Upstream::Cargo(registry),
                 }
             }
@@ -208,7 +222,51 @@ impl Fixture {
                     unknown_artifact:
                         "/maven/org/conformance/conformance-pkg/9.9.9/conformance-pkg-9.9.9.jar"
                             .into(),
+                    warm_up: vec![],
+                    warm_up_stored: 0,
                     upstream: Upstream::Maven(repo),
+                }
+            }
+            Kind::Debian => {
+                // A genuine .deb (its size is what it is), in a signed archive.
+                let repo = AptRepository::start(&["hello_"]).await;
+                let pool = repo.pool_path("hello_");
+                let artifact = Bytes::from(
+                    std::fs::read(
+                        crate::apt_repo::debs_dir().join(pool.rsplit('/').next().unwrap()),
+                    )
+                    .unwrap(),
+                );
+                Self {
+                    kind,
+                    mount: "debian",
+                    settings: format!("upstream:\n  debian: {}\n", repo.url()),
+                    metadata_path: "/debian/dists/stable/InRelease".into(),
+                    metadata_upstream_path: "/dists/stable/InRelease".into(),
+                    artifact_path: format!("/debian{pool}"),
+                    artifact_upstream_path: pool,
+                    artifact,
+                    digest: "sha256",
+                    negotiates: false,
+                    links: None,
+                    bad_paths: vec![
+                        "/debian/pool/main/.hidden.deb".into(),
+                        "/debian/other/x".into(),
+                        "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/abc".into(),
+                        "/debian/pool/main/x%2f..%2fy.deb".into(),
+                    ],
+                    unknown: (
+                        "/debian/dists/nosuch/InRelease".into(),
+                        "/dists/nosuch/InRelease".into(),
+                    ),
+                    unknown_artifact: "/debian/pool/main/nosuch_1.0_amd64.deb".into(),
+                    // apt's update: the signed release, then the index listing the .deb.
+                    warm_up: vec![
+                        "/debian/dists/stable/InRelease".into(),
+                        "/debian/dists/stable/main/binary-amd64/Packages".into(),
+                    ],
+                    warm_up_stored: 1,
+                    upstream: Upstream::Debian(repo),
                 }
             }
         }
@@ -221,6 +279,7 @@ impl Fixture {
             Upstream::PyPi(r) => &r.server,
             Upstream::Cargo(r) => &r.server,
             Upstream::Maven(r) => &r.server,
+            Upstream::Debian(r) => &r.server,
         }
     }
 
@@ -249,6 +308,19 @@ pub struct Running {
     pub proxyd: ProxydProcess,
     pub redirects: bool,
     _s3: Option<S3sFs>,
+}
+
+/// [`start_proxyd`], then what a client asks before an artifact (the fixture's `warm_up`).
+pub async fn start_warm(bin: &str, fixture: &Fixture, storage: Storage, extra: &str) -> Running {
+    let run = start_proxyd(bin, fixture, storage, extra);
+    for path in &fixture.warm_up {
+        let resp = run.get(path).await;
+        assert_eq!(resp.status(), 200, "warm-up {path}");
+        resp.bytes().await.unwrap();
+    }
+    // The client has the last byte before the commit: wait for it.
+    run.proxyd.wait_cached(fixture.warm_up_stored).await;
+    run
 }
 
 /// Start proxyd for `fixture` on `storage`.
@@ -321,7 +393,16 @@ async fn download(url: &str, redirects: bool) -> (u16, Result<Bytes, String>) {
 /// once each.
 pub async fn miss_then_hit(bin: &str, kind: Kind, storage: Storage) {
     let f = Fixture::start(kind, 100_000).await;
-    let run = start_proxyd(bin, &f, storage, "");
+    let run = start_warm(bin, &f, storage, "").await;
+    let label = [("ecosystem", f.mount)];
+    let before = run.proxyd.metrics().await;
+    let (misses, hits) = (
+        metric(&before, "proxyd_cache_misses_total", &label),
+        metric(&before, "proxyd_cache_hits_total", &label),
+    );
+    let cached = run.proxyd.stats().await["ecosystems"][f.mount]["cached_artifacts"]
+        .as_u64()
+        .unwrap_or(0);
     let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
     let (status, body) = download(&url, run.redirects).await;
     assert_eq!(status, 200, "the miss streams");
@@ -331,12 +412,14 @@ pub async fn miss_then_hit(bin: &str, kind: Kind, storage: Storage) {
     assert_eq!(body.unwrap(), f.artifact);
     assert_eq!(f.server().hits(&f.artifact_upstream_path), 1);
     let m = run.proxyd.metrics().await;
-    let label = [("ecosystem", f.mount)];
-    assert_eq!(metric(&m, "proxyd_cache_misses_total", &label), 1.0);
-    assert_eq!(metric(&m, "proxyd_cache_hits_total", &label), 1.0);
+    assert_eq!(
+        metric(&m, "proxyd_cache_misses_total", &label) - misses,
+        1.0
+    );
+    assert_eq!(metric(&m, "proxyd_cache_hits_total", &label) - hits, 1.0);
     assert_eq!(
         run.proxyd.stats().await["ecosystems"][f.mount]["cached_artifacts"],
-        1
+        cached + 1
     );
 }
 
@@ -347,7 +430,7 @@ pub async fn fifty_concurrent_misses_make_one_fetch(bin: &str, kind: Kind, stora
         &f.artifact_upstream_path,
         Fault::Delay(Duration::from_millis(300)),
     );
-    let run = start_proxyd(bin, &f, storage, "");
+    let run = start_warm(bin, &f, storage, "").await;
     let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
     let requests = (0..50).map(|_| {
         let (url, redirects) = (url.clone(), run.redirects);
@@ -365,13 +448,21 @@ pub async fn digest_mismatch_is_refused(bin: &str, kind: Kind, storage: Storage)
     let f = Fixture::start(kind, 200_000).await;
     f.server()
         .set_fault(&f.artifact_upstream_path, Fault::Corrupt);
-    let run = start_proxyd(bin, &f, storage, "");
+    let run = start_warm(bin, &f, storage, "").await;
+    let cached = run.proxyd.stats().await["cached_artifacts"].clone();
     let (_, body) = download(&format!("{}{}", run.proxyd.url(), f.artifact_path), false).await;
     assert!(
         body.is_err() || body.unwrap().len() < f.artifact.len(),
         "never a clean full body"
     );
-    run.proxyd.assert_refused_as_corrupt(f.digest).await;
+    if f.warm_up.is_empty() {
+        run.proxyd.assert_refused_as_corrupt(f.digest).await;
+    } else {
+        // What the warm-up cached stays; the artifact is not added.
+        assert_eq!(run.proxyd.stats().await["cached_artifacts"], cached);
+        let needle = format!("does not match its declared {} digest", f.digest);
+        assert!(run.proxyd.log().contains(&needle), "{}", run.proxyd.log());
+    }
 }
 
 /// An upstream that drops the connection mid-body aborts the client's transfer and stores
@@ -380,14 +471,18 @@ pub async fn dropped_upstream_aborts_the_client(bin: &str, kind: Kind, storage: 
     let f = Fixture::start(kind, 300_000).await;
     f.server()
         .set_fault(&f.artifact_upstream_path, Fault::DropMidBody);
-    let run = start_proxyd(bin, &f, storage, "");
+    let run = start_warm(bin, &f, storage, "").await;
     let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
     let (_, body) = download(&url, false).await;
     assert!(
         !body.is_ok_and(|b| b.len() == f.artifact.len()),
         "a broken download must not look complete"
     );
-    assert_eq!(run.proxyd.stats().await["cached_artifacts"], 0);
+    assert_eq!(
+        run.proxyd.stats().await["cached_artifacts"],
+        f.warm_up_stored,
+        "nothing of the artifact is cached"
+    );
     f.server()
         .set_fault(&f.artifact_upstream_path, Fault::Delay(Duration::ZERO));
     let (_, body) = download(&url, run.redirects).await;
@@ -483,7 +578,7 @@ pub async fn metadata_cut_short_is_never_kept(bin: &str, kind: Kind, storage: St
 /// With the upstream gone, metadata is served stale and every cached artifact still installs.
 pub async fn served_offline_after_warm_up(bin: &str, kind: Kind, storage: Storage) {
     let f = Fixture::start(kind, 10_000).await;
-    let run = start_proxyd(bin, &f, storage, "metadata_ttl: 1s\n");
+    let run = start_warm(bin, &f, storage, "metadata_ttl: 1s\n").await;
     let meta = format!("{}{}", run.proxyd.url(), f.metadata_path);
     let art = format!("{}{}", run.proxyd.url(), f.artifact_path);
     assert_eq!(client().get(&meta).send().await.unwrap().status(), 200);
@@ -524,7 +619,7 @@ pub async fn bad_paths_reach_nothing(bin: &str, kind: Kind, storage: Storage) {
 /// HEAD is answered by proxyd, never redirected, with the entity headers.
 pub async fn head_is_never_redirected(bin: &str, kind: Kind, storage: Storage) {
     let f = Fixture::start(kind, 10_000).await;
-    let run = start_proxyd(bin, &f, storage, "");
+    let run = start_warm(bin, &f, storage, "").await;
     let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
     download(&url, run.redirects).await.1.unwrap();
     let head = client().head(&url).send().await.unwrap();
@@ -544,12 +639,13 @@ pub async fn head_is_never_redirected(bin: &str, kind: Kind, storage: Storage) {
 /// the storage URL, so this runs where proxyd streams.
 pub async fn range_and_conditionals(bin: &str, kind: Kind, storage: Storage) {
     let f = Fixture::start(kind, 50_000).await;
-    let run = start_proxyd(
+    let run = start_warm(
         bin,
         &f,
         storage,
         &format!("ecosystems:\n  {}:\n    direct_serve: false\n", f.mount),
-    );
+    )
+    .await;
     let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
     download(&url, false).await.1.unwrap();
     let c = client();

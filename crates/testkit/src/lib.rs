@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![allow(clippy::unwrap_used, missing_docs)] // test support: failing loudly is the point
 
+pub mod apt_repo;
 pub mod cargo_registry;
 pub mod conformance;
 pub mod ecosystem_suite;
