@@ -249,3 +249,44 @@ async fn a_deb_that_does_not_match_its_index_is_refused() {
         .join(format!("debian{}", repo.pool_path("hello_")));
     assert!(!object.exists(), "nothing of it is kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_archive_is_an_instance_and_signed_files_pass_byte_for_byte() {
+    let main = AptRepository::start(&["hello_"]).await;
+    let security = AptRepository::start(&["librecode0_"]).await;
+    let proxyd = ProxydProcess::start(
+        BIN,
+        &format!(
+            "upstream:\n  debian: {}\necosystems:\n  debian-security:\n    kind: debian\n    upstream: {}\n",
+            main.url(),
+            security.url()
+        ),
+        &[],
+    );
+    for (mount, repo) in [("debian", &main), ("debian-security", &security)] {
+        for file in ["InRelease", "Release", "Release.gpg"] {
+            let got = reqwest::get(format!("{}/{mount}/dists/stable/{file}", proxyd.url()))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let upstream = reqwest::get(format!("{}/dists/stable/{file}", repo.url()))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(got, upstream, "/{mount}/dists/stable/{file} byte for byte");
+        }
+    }
+    let archive = format!("{}/debian-security", proxyd.url());
+    let key = key_of(&security);
+    blocking(move || {
+        let apt = Apt::new(&archive, &key);
+        apt.run(&["update"]);
+        apt.run(&["install", "--download-only", "-y", "librecode0"]);
+        assert_eq!(apt.downloaded().len(), 1);
+    })
+    .await;
+}

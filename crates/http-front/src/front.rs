@@ -273,6 +273,10 @@ impl Front {
     {
         use http_body_util::BodyExt;
         let (parts, body) = request.into_parts();
+        if parts.method == Method::GET || parts.method == Method::HEAD {
+            // The hot path reads no body: nothing is boxed for it.
+            return self.serve_parts(parts, None).await;
+        }
         let body = body
             .map_err(|e| std::io::Error::other(e.to_string()))
             .boxed_unsync();
