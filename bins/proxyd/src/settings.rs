@@ -837,12 +837,15 @@ mod tests {
         assert_eq!(s.storage_url, "file://./data/artifacts");
         assert_eq!(s.direct_serve_ttl, Duration::from_secs(900));
         assert_eq!(s.metadata_ttl, Duration::from_secs(300));
-        assert_eq!(s.ecosystems.len(), 3);
+        assert_eq!(s.ecosystems.len(), 6);
         assert!(
+            s.ecosystems.iter().all(|p| match p {
+                Planned::Disabled { .. } => true,
+                // The build cache needs no upstream: on by default.
+                Planned::Enabled(spec) => spec.name == "gradle",
+            }),
+            "no upstream, no ecosystem but the build cache: {:?}",
             s.ecosystems
-                .iter()
-                .all(|p| matches!(p, Planned::Disabled { .. })),
-            "no upstream, no ecosystem"
         );
         assert!(!s.direct_serve);
     }

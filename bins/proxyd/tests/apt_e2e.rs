@@ -37,9 +37,10 @@ impl Apt {
         Self { work }
     }
 
-    fn run(&self, args: &[&str]) -> String {
+    /// apt-get `args` with this state; its output, whatever the outcome.
+    fn output(&self, args: &[&str]) -> std::process::Output {
         let w = self.work.path();
-        let output = Command::new("apt-get")
+        Command::new("apt-get")
             .arg("-o")
             .arg(format!(
                 "Dir::Etc::SourceList={}",
@@ -60,7 +61,11 @@ impl Apt {
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .output()
-            .unwrap_or_else(|e| panic!("cannot run apt-get ({e})"));
+            .unwrap_or_else(|e| panic!("cannot run apt-get ({e})"))
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let output = self.output(args);
         let text = format!(
             "{}\n{}",
             String::from_utf8_lossy(&output.stdout),
@@ -220,22 +225,7 @@ async fn a_deb_that_does_not_match_its_index_is_refused() {
     let failed = blocking(move || {
         let apt = Apt::new(&archive, &key);
         apt.run(&["update"]);
-        let w = apt.work.path();
-        Command::new("apt-get")
-            .arg("-o")
-            .arg(format!(
-                "Dir::Etc::SourceList={}",
-                w.join("sources.list").display()
-            ))
-            .args(["-o", "Dir::Etc::SourceParts=/dev/null"])
-            .arg("-o")
-            .arg(format!("Dir::State::Lists={}", w.join("lists").display()))
-            .arg("-o")
-            .arg(format!("Dir::Cache={}", w.join("cache").display()))
-            .args(["-o", "APT::Sandbox::User=root", "-o", "Debug::NoLocking=1"])
-            .args(["install", "--download-only", "-y", "hello"])
-            .output()
-            .unwrap()
+        apt.output(&["install", "--download-only", "-y", "hello"])
     })
     .await;
     assert!(!failed.status.success(), "apt must not get a corrupt .deb");
