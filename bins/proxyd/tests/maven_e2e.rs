@@ -289,3 +289,27 @@ async fn a_snapshot_deployed_again_is_seen_after_the_metadata_ttl() {
         v2.jar
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_credentials_come_from_upstream_auth() {
+    use base64::Engine;
+    use proxyd_testkit::maven_repo::MavenArtifact;
+    let artifact = MavenArtifact::new("org.private", "lib", "1.0", 3_000);
+    let repo = MavenRepository::start(std::slice::from_ref(&artifact)).await;
+    let basic = base64::engine::general_purpose::STANDARD.encode("deployer:s3cret-pw");
+    repo.server.require_authorization(&format!("Basic {basic}"));
+    let proxyd = ProxydProcess::start(
+        BIN,
+        &format!(
+            "upstream:\n  maven: {url}\n  auth:\n    private:\n      url: {url}\n      type: basic\n      username: deployer\n      password: ${{MAVEN_PASSWORD}}\n",
+            url = repo.url()
+        ),
+        &[("MAVEN_PASSWORD", "s3cret-pw".to_owned())],
+    );
+    let jar = reqwest::get(format!("{}/maven{}", proxyd.url(), artifact.path("jar")))
+        .await
+        .unwrap();
+    assert_eq!(jar.status(), 200);
+    assert_eq!(jar.bytes().await.unwrap(), artifact.jar);
+    assert!(!proxyd.log().contains("s3cret-pw"), "{}", proxyd.log());
+}

@@ -49,6 +49,8 @@ pub type Fallback = Box<dyn Fn(&str) -> Option<(Bytes, String)> + Send + Sync>;
 struct State {
     routes: HashMap<String, (Bytes, String)>,
     fallback: Option<Arc<Fallback>>,
+    /// When set, requests without this `Authorization` value are answered 401.
+    authorization: Option<String>,
     faults: HashMap<String, Fault>,
     hits: HashMap<String, usize>,
     /// Stopped: open connections are closed at their next request.
@@ -136,6 +138,11 @@ impl StaticServer {
             .insert(path.to_owned(), (body.into(), content_type.to_owned()));
     }
 
+    /// Answer 401 to every request that does not send `Authorization: {value}`.
+    pub fn require_authorization(&self, value: &str) {
+        self.state.lock().unwrap().authorization = Some(value.to_owned());
+    }
+
     /// Answer paths no route names with `fallback` (its answers are not kept).
     pub fn set_fallback(&self, fallback: Fallback) {
         self.state.lock().unwrap().fallback = Some(Arc::new(fallback));
@@ -211,6 +218,15 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
     let (fault, route, fallback) = {
         let mut s = state.lock().unwrap();
         *s.hits.entry(path.clone()).or_default() += 1;
+        if let Some(required) = &s.authorization {
+            let sent = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if sent != Some(required.as_str()) {
+                return full(StatusCode::UNAUTHORIZED, "credentials required");
+            }
+        }
         (
             s.faults.get(&path).copied(),
             s.routes.get(&path).cloned(),
