@@ -35,6 +35,9 @@ pub struct AzureStorage {
 struct Inner {
     container: ContainerClient,
     config: AzureConfig,
+    /// For the one call the SDK cannot make: listing uncommitted blobs (its parser requires a
+    /// Content-Type they do not have).
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for AzureStorage {
@@ -134,11 +137,15 @@ impl AzureStorage {
             .max_total_elapsed(std::time::Duration::from_secs(10))
             .max_delay(std::time::Duration::from_secs(2));
         let container = ClientBuilder::with_location(location, credentials)
-            .transport(azure_core::TransportOptions::new(Arc::new(http)))
+            .transport(azure_core::TransportOptions::new(Arc::new(http.clone())))
             .retry(azure_core::RetryOptions::exponential(retry))
             .container_client(config.container.clone());
         let storage = Self {
-            inner: Arc::new(Inner { container, config }),
+            inner: Arc::new(Inner {
+                container,
+                config,
+                http,
+            }),
         };
         storage.check_container().await?;
         Ok(storage)
@@ -233,7 +240,7 @@ impl AzureStorage {
         let sas = BlobSas {
             account: &config.account,
             container: &config.container,
-            blob: key.as_str(),
+            blob: Some(key.as_str()),
             start: now - CLOCK_SKEW,
             expiry,
             https_only: config.endpoint.starts_with("https://"),
@@ -421,6 +428,49 @@ impl Storage for AzureStorage {
         }
     }
 
+    /// Blobs that hold only uncommitted blocks (a put interrupted before its block list was
+    /// committed) and were last written longer than `older_than` ago: their blocks are
+    /// discarded (an empty block list is committed, then the blob deleted). Azure would drop
+    /// them itself after seven days; until then they are billed. Blobs with committed content
+    /// are never touched, nor recent ones (an upload of another node may still be running).
+    async fn remove_interrupted(&self, older_than: Duration) -> Result<u64> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut removed = 0;
+        for (name, size, modified) in self.uncommitted_candidates().await? {
+            if size != 0 || modified > cutoff {
+                continue;
+            }
+            let client = self.inner.container.blob_client(&name);
+            let Ok(list) = client
+                .get_block_list()
+                .block_list_type(azure_storage_blobs::prelude::BlockListType::All)
+                .await
+            else {
+                continue; // committed or deleted meanwhile
+            };
+            let blocks = list.block_with_size_list.blocks;
+            let staged_only = !blocks.is_empty()
+                && blocks
+                    .iter()
+                    .all(|b| matches!(b.block_list_type, BlobBlockType::Uncommitted(_)));
+            if !staged_only {
+                continue;
+            }
+            client
+                .put_block_list(BlockList { blocks: Vec::new() })
+                .await
+                .map_err(|e| map_error("remove_interrupted", Some(&name), e))?;
+            client
+                .delete()
+                .await
+                .map_err(|e| map_error("remove_interrupted", Some(&name), e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     fn list(&self, prefix: &str) -> ObjectStream {
         if let Err(err) = ObjectKey::validate_prefix(prefix) {
             return Box::pin(futures::stream::once(async move { Err(err) }));
@@ -455,6 +505,121 @@ impl Storage for AzureStorage {
                 .try_flatten(),
         )
     }
+}
+
+impl AzureStorage {
+    /// Every blob the container lists with `include=uncommittedblobs` whose length is 0 (what
+    /// a put that committed nothing looks like): name, length, last write. Read with a plain
+    /// request, since the SDK cannot parse such entries.
+    async fn uncommitted_candidates(&self) -> Result<Vec<(String, u64, SystemTime)>> {
+        let config = &self.inner.config;
+        let auth = match &config.credentials {
+            AzureCredentials::AccountKey(key) => {
+                let now = OffsetDateTime::now_utc();
+                BlobSas {
+                    account: &config.account,
+                    container: &config.container,
+                    blob: None,
+                    start: now - CLOCK_SKEW,
+                    expiry: now + time::Duration::minutes(10),
+                    https_only: config.endpoint.starts_with("https://"),
+                    content_type: None,
+                    content_disposition: None,
+                }
+                .query(key)?
+            }
+            AzureCredentials::SasToken(token) => token.trim_start_matches('?').to_owned(),
+        };
+        let mut found = Vec::new();
+        let mut marker = String::new();
+        // Each page is at most 5,000 entries; the walk stops after 1,000 pages.
+        for _ in 0..1_000 {
+            let url = format!(
+                "{}/{}?restype=container&comp=list&include=uncommittedblobs&marker={}&{auth}",
+                config.endpoint, config.container, marker
+            );
+            let response = self
+                .inner
+                .http
+                .get(&url)
+                .header("x-ms-version", "2021-08-06")
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        proxyd_storage_core::ErrorKind::Temporary,
+                        "remove_interrupted",
+                        e.to_string(),
+                    )
+                })?;
+            if !response.status().is_success() {
+                return Err(Error::new(
+                    proxyd_storage_core::ErrorKind::Unexpected,
+                    "remove_interrupted",
+                    format!("listing uncommitted blobs answered {}", response.status()),
+                ));
+            }
+            let body = response.text().await.map_err(|e| {
+                Error::new(
+                    proxyd_storage_core::ErrorKind::Temporary,
+                    "remove_interrupted",
+                    e.to_string(),
+                )
+            })?;
+            let (entries, next) = parse_listing(&body);
+            found.extend(entries.into_iter().filter(|(_, size, _)| *size == 0));
+            match next {
+                Some(next) if !next.is_empty() => {
+                    marker = percent_encoding::utf8_percent_encode(
+                        &next,
+                        percent_encoding::NON_ALPHANUMERIC,
+                    )
+                    .to_string();
+                }
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The blobs (name, length, last write) and the next marker of one List Blobs page.
+fn parse_listing(xml: &str) -> (Vec<(String, u64, SystemTime)>, Option<String>) {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut entries = Vec::new();
+    let mut next = None;
+    let mut tag = Vec::new();
+    let (mut name, mut size, mut modified) = (String::new(), 0u64, SystemTime::UNIX_EPOCH);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => tag = e.name().as_ref().to_vec(),
+            Ok(Event::Text(t)) => {
+                let text = t.unescape().map(|c| c.into_owned()).unwrap_or_default();
+                match tag.as_slice() {
+                    b"Name" => name = text,
+                    b"Content-Length" => size = text.trim().parse().unwrap_or(u64::MAX),
+                    b"Last-Modified" => {
+                        modified = httpdate::parse_http_date(text.trim())
+                            .unwrap_or_else(|_| SystemTime::now());
+                    }
+                    b"NextMarker" => next = Some(text),
+                    _ => {}
+                }
+            }
+            Ok(Event::End(e)) => {
+                if e.name().as_ref() == b"Blob" {
+                    entries.push((std::mem::take(&mut name), size, modified));
+                    size = 0;
+                    modified = SystemTime::UNIX_EPOCH;
+                }
+                tag.clear();
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    (entries, next)
 }
 
 /// The HTTP client of the Azure SDK: the system's certificate store (`SSL_CERT_FILE` and

@@ -20,11 +20,12 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 const PATH_SEGMENT: &AsciiSet = QUERY_VALUE;
 
-/// What a read-only blob SAS grants.
+/// What a service SAS grants: reading one blob, or (with no blob) listing the container.
 pub(crate) struct BlobSas<'a> {
     pub(crate) account: &'a str,
     pub(crate) container: &'a str,
-    pub(crate) blob: &'a str,
+    /// The blob; `None` for a container SAS that lists.
+    pub(crate) blob: Option<&'a str>,
     pub(crate) start: OffsetDateTime,
     pub(crate) expiry: OffsetDateTime,
     pub(crate) https_only: bool,
@@ -58,10 +59,21 @@ impl BlobSas<'_> {
         })?;
         let (st, se) = (sas_time(self.start), sas_time(self.expiry));
         let protocol = if self.https_only { "https" } else { "" };
-        let resource = format!("/blob/{}/{}/{}", self.account, self.container, self.blob);
+        let (resource, kind, permissions) = match self.blob {
+            Some(blob) => (
+                format!("/blob/{}/{}/{blob}", self.account, self.container),
+                "b",
+                "r",
+            ),
+            None => (
+                format!("/blob/{}/{}", self.account, self.container),
+                "c",
+                "l",
+            ),
+        };
         // Field order of the service SAS string-to-sign for versions since 2020-12-06.
         let string_to_sign = [
-            "r",
+            permissions,
             &st,
             &se,
             &resource,
@@ -69,7 +81,7 @@ impl BlobSas<'_> {
             "", // signed IP
             protocol,
             SAS_VERSION,
-            "b",
+            kind,
             "", // snapshot time
             "", // encryption scope
             "", // rscc
@@ -88,8 +100,8 @@ impl BlobSas<'_> {
             ("sv", SAS_VERSION),
             ("st", &st),
             ("se", &se),
-            ("sr", "b"),
-            ("sp", "r"),
+            ("sr", kind),
+            ("sp", permissions),
         ];
         if self.https_only {
             pairs.push(("spr", "https"));
@@ -127,7 +139,7 @@ mod tests {
         let sas = BlobSas {
             account: "acct",
             container: "c1c",
-            blob: "npm/a.tgz",
+            blob: Some("npm/a.tgz"),
             start,
             expiry: start + time::Duration::minutes(30),
             https_only: true,

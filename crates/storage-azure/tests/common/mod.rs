@@ -20,7 +20,7 @@ pub fn key_config(emulator: &Azurite, container: &str) -> AzureConfig {
     AzureConfig::from_url(&url, &env).unwrap()
 }
 
-fn admin(emulator: &Azurite) -> ClientBuilder {
+pub fn admin(emulator: &Azurite) -> ClientBuilder {
     let location = azure_storage::CloudLocation::Custom {
         account: Azurite::ACCOUNT.into(),
         uri: emulator.account_endpoint(),
