@@ -290,20 +290,29 @@ async fn stored_keys(storage: &Arc<dyn Storage>, expected: usize) -> Vec<String>
     panic!("storage never held {expected} objects");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_evicted_object_outlives_the_grace_period_of_what_was_handed_out() {
+/// A cache limited to 150 bytes holding two 100-byte artifacts, `old` then `new`.
+async fn old_and_new(eviction_grace: Duration) -> Setup {
     let s = setup(CacheSettings {
         max_size: Some(150),
-        eviction_grace: Duration::from_millis(800),
+        eviction_grace,
         ..CacheSettings::default()
     })
     .await;
     for (i, name) in ["old", "new"].into_iter().enumerate() {
         let data = pattern(100, i as u8);
-        let source = upstream(&data, 10, false);
-        let fetched = s.cache.fetch(spec(name, &data), source).await.unwrap();
+        let fetched = s
+            .cache
+            .fetch(spec(name, &data), upstream(&data, 10, false))
+            .await
+            .unwrap();
         drain(fetched, &s.storage).await.unwrap();
     }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_object_outlives_the_grace_period_of_what_was_handed_out() {
+    let s = old_and_new(Duration::from_millis(800)).await;
     s.cache.evict().await.unwrap();
     let old = spec("old", &pattern(100, 0)).key;
     assert!(
@@ -975,21 +984,7 @@ async fn an_object_another_node_stored_is_adopted_and_a_stale_one_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_marked_artifact_fetched_again_before_its_object_went_keeps_it() {
-    let s = setup(CacheSettings {
-        max_size: Some(150),
-        eviction_grace: Duration::from_millis(300),
-        ..CacheSettings::default()
-    })
-    .await;
-    for (i, name) in ["old", "new"].into_iter().enumerate() {
-        let data = pattern(100, i as u8);
-        let fetched = s
-            .cache
-            .fetch(spec(name, &data), upstream(&data, 10, false))
-            .await
-            .unwrap();
-        drain(fetched, &s.storage).await.unwrap();
-    }
+    let s = old_and_new(Duration::from_millis(300)).await;
     s.cache.evict().await.unwrap();
     let old = spec("old", &pattern(100, 0));
     assert!(s.cache.lookup(&old.key).await.is_none(), "marked");
