@@ -246,7 +246,10 @@ impl DebianArchive {
                 (digest, *reads_index)
             }
         };
-        let fetch = self.context.upstream.fetch(self.spec(key, path, verifier));
+        let fetch = self
+            .context
+            .upstream
+            .fetch(self.spec(key, path, verifier.clone()));
         if !reads_index {
             return fetch;
         }
@@ -256,7 +259,7 @@ impl DebianArchive {
             spec: fetch.spec,
             source: Box::pin(async move {
                 let mut upstream = source.await?;
-                upstream.body = digests.read_as_it_passes(upstream.body);
+                upstream.body = digests.read_as_it_passes(upstream.body, verifier.as_ref());
                 Ok(upstream)
             }),
         }

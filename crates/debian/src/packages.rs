@@ -6,15 +6,11 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use proxyd_ecosystem::Bytes;
+use proxyd_ecosystem::{Bytes, DigestVerifier, ExpectedDigest};
 
 /// Pool files whose digest is remembered (a fingerprint and a digest each, about 100 bytes
 /// with the map's own; the Debian archive's main amd64 index lists about 65,000).
 const REMEMBERED: usize = 400_000;
-
-/// The largest index read (compressed size as it arrives; uncompressed at most four times
-/// this): larger ones pass through unread.
-const MAX_INDEX: usize = 64 << 20;
 
 /// Digests of pool files, bounded.
 #[derive(Clone)]
@@ -106,52 +102,49 @@ impl PoolDigests {
         n
     }
 
-    /// Read an index body (plain, gzip or xz, told by its first bytes); the files it lists
-    /// with a SHA-256 are remembered. Returns how many.
+    /// Read a whole index body (plain, gzip or xz, told by its first bytes); the files it
+    /// lists with a SHA-256 are remembered. Returns how many (none when the body is unreadable
+    /// or cut short).
+    #[cfg(test)]
     pub(crate) fn read_index(&self, body: &[u8]) -> usize {
-        let Some(text) = decompress(body) else {
-            return 0;
-        };
-        let Ok(text) = std::str::from_utf8(&text) else {
-            return 0;
-        };
-        let mut n = 0;
-        for paragraph in deb822_fast::borrowed::iter_paragraphs_borrowed(text) {
-            let Ok(paragraph) = paragraph else {
-                break; // the rest is unreadable: what was read stands
-            };
-            if let (Some(file), Some(sha)) = (
-                paragraph.get_single("Filename"),
-                paragraph.get_single("SHA256").and_then(hex_digest),
-            ) {
-                self.digests.insert(fingerprint(file.trim()), sha);
-                n += 1;
-            }
-        }
-        n
+        let mut reader = IndexReader::new(None);
+        reader.feed(body);
+        self.remember(reader.finish())
     }
 
-    /// `body` passed through unchanged, read once it has ended whole (in the background).
+    fn remember(&self, found: Option<Vec<(u128, [u8; 32])>>) -> usize {
+        let found = found.unwrap_or_default();
+        for (fingerprint, sha) in &found {
+            self.digests.insert(*fingerprint, *sha);
+        }
+        found.len()
+    }
+
+    /// `body` passed through unchanged, read as it passes (decompressed and parsed paragraph
+    /// by paragraph, never held whole). What it lists is remembered only once it has ended
+    /// whole and, when the suite's release declares its digest (`expected`), matched it: a
+    /// tampered index never supplies digests.
     pub(crate) fn read_as_it_passes(
         &self,
         body: proxyd_ecosystem::ByteStream,
+        expected: Option<&ExpectedDigest>,
     ) -> proxyd_ecosystem::ByteStream {
-        let collected = Arc::new(Mutex::new(Some(Vec::new())));
-        let tap = collected.clone();
+        let reader = Arc::new(Mutex::new(Some(IndexReader::new(
+            expected.map(ExpectedDigest::verifier),
+        ))));
+        let tap = reader.clone();
         let seen = body.inspect(move |chunk| {
-            let mut kept = tap.lock().unwrap_or_else(|p| p.into_inner());
-            match (chunk, kept.as_mut()) {
-                (Ok(bytes), Some(buf)) if buf.len() + bytes.len() <= MAX_INDEX => {
-                    buf.extend_from_slice(bytes);
-                }
-                _ => *kept = None, // a failed or oversized body is not read
+            let mut reader = tap.lock().unwrap_or_else(|p| p.into_inner());
+            match (chunk, reader.as_mut()) {
+                (Ok(bytes), Some(r)) => r.feed(bytes),
+                _ => *reader = None, // a failed body is not read
             }
         });
         let digests = self.clone();
         let end = futures::stream::once(async move {
-            let body = collected.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(body) = body {
-                let _ = tokio::task::spawn_blocking(move || digests.read_index(&body)).await;
+            let reader = reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(reader) = reader {
+                digests.remember(reader.finish());
             }
             None::<std::io::Result<Bytes>>
         })
@@ -160,22 +153,169 @@ impl PoolDigests {
     }
 }
 
-fn decompress(body: &[u8]) -> Option<Vec<u8>> {
-    let limit = (MAX_INDEX as u64) * 4;
-    if body.starts_with(&[0x1f, 0x8b]) {
-        use std::io::Read;
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(body)
-            .take(limit)
-            .read_to_end(&mut out)
-            .ok()?;
-        Some(out)
-    } else if body.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
-        let mut out = Vec::new();
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(body), &mut out).ok()?;
-        (out.len() as u64 <= limit).then_some(out)
-    } else {
-        Some(body.to_vec())
+/// Decompressed bytes read at most (Debian's largest `Packages` is about 50 MB).
+const MAX_DECODED: u64 = 1 << 30;
+
+/// The longest paragraph held while it is incomplete.
+const MAX_PARAGRAPH: usize = 1 << 20;
+
+/// How an index is compressed, known from its first bytes.
+enum Decoder {
+    /// Fewer than six bytes seen.
+    Undecided(Vec<u8>),
+    Plain,
+    Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
+    Xz(Box<xz2::write::XzDecoder<Vec<u8>>>),
+}
+
+const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
+
+/// A package index read chunk by chunk: decompressed as the bytes arrive and split into
+/// paragraphs, so only the paragraph being read is held, plus the digests found.
+struct IndexReader {
+    decoder: Decoder,
+    /// Decompressed bytes not yet split into paragraphs.
+    text: Vec<u8>,
+    found: Vec<(u128, [u8; 32])>,
+    decoded: u64,
+    check: Option<DigestVerifier>,
+    broken: bool,
+}
+
+impl IndexReader {
+    fn new(check: Option<DigestVerifier>) -> Self {
+        Self {
+            decoder: Decoder::Undecided(Vec::new()),
+            text: Vec::new(),
+            found: Vec::new(),
+            decoded: 0,
+            check,
+            broken: false,
+        }
+    }
+
+    /// The next bytes of the body. Decompression runs here, on the fetch's task: a chunk of a
+    /// few KiB decodes in well under a millisecond, and an index is read once per refresh.
+    fn feed(&mut self, chunk: &[u8]) {
+        if let Some(check) = self.check.as_mut() {
+            check.update(chunk);
+        }
+        if self.broken {
+            return;
+        }
+        if let Decoder::Undecided(head) = &mut self.decoder {
+            head.extend_from_slice(chunk);
+            if head.len() < XZ_MAGIC.len() {
+                return;
+            }
+            let head = std::mem::take(head);
+            self.decoder = if head.starts_with(&[0x1f, 0x8b]) {
+                Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Vec::new())))
+            } else if head.starts_with(&XZ_MAGIC) {
+                Decoder::Xz(Box::new(xz2::write::XzDecoder::new_multi_decoder(
+                    Vec::new(),
+                )))
+            } else {
+                Decoder::Plain
+            };
+            return self.feed_decided(&head);
+        }
+        self.feed_decided(chunk);
+    }
+
+    fn feed_decided(&mut self, chunk: &[u8]) {
+        use std::io::Write;
+        let written = match &mut self.decoder {
+            Decoder::Undecided(_) => return,
+            Decoder::Plain => {
+                self.text.extend_from_slice(chunk);
+                self.decoded += chunk.len() as u64;
+                Ok(())
+            }
+            Decoder::Gzip(d) => d.write_all(chunk),
+            Decoder::Xz(d) => d.write_all(chunk),
+        };
+        if written.is_err() {
+            self.broken = true;
+            return;
+        }
+        self.take_decoded();
+        self.split_paragraphs();
+    }
+
+    /// Move what the decompressor produced into `text`.
+    fn take_decoded(&mut self) {
+        let out = match &mut self.decoder {
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::Xz(d) => d.get_mut(),
+            _ => return,
+        };
+        self.decoded += out.len() as u64;
+        self.text.extend_from_slice(out);
+        out.clear();
+    }
+
+    /// Parse every complete paragraph in `text`, keeping the incomplete rest.
+    fn split_paragraphs(&mut self) {
+        let mut start = 0;
+        while let Some(at) = self.text[start..].windows(2).position(|w| w == b"\n\n") {
+            let end = start + at + 2;
+            self.paragraph(start, end);
+            start = end;
+        }
+        self.text.drain(..start);
+        if self.text.len() > MAX_PARAGRAPH || self.decoded > MAX_DECODED {
+            self.broken = true;
+        }
+    }
+
+    fn paragraph(&mut self, start: usize, end: usize) {
+        if self.found.len() >= REMEMBERED {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(&self.text[start..end]) else {
+            return;
+        };
+        for paragraph in deb822_fast::borrowed::iter_paragraphs_borrowed(text).flatten() {
+            if let (Some(file), Some(sha)) = (
+                paragraph.get_single("Filename"),
+                paragraph.get_single("SHA256").and_then(hex_digest),
+            ) {
+                self.found.push((fingerprint(file.trim()), sha));
+            }
+        }
+    }
+
+    /// What the index listed, if it ended whole (and matched its declared digest).
+    fn finish(mut self) -> Option<Vec<(u128, [u8; 32])>> {
+        let finished = match &mut self.decoder {
+            Decoder::Undecided(head) => {
+                let head = std::mem::take(head);
+                self.decoder = Decoder::Plain;
+                self.feed_decided(&head);
+                Ok(())
+            }
+            Decoder::Plain => Ok(()),
+            Decoder::Gzip(d) => d.try_finish(),
+            // Finishing hands the last of the output back (the decoder is done with it).
+            Decoder::Xz(d) => d.finish().map(|rest| {
+                self.decoded += rest.len() as u64;
+                self.text.extend_from_slice(&rest);
+            }),
+        };
+        if finished.is_err() {
+            return None;
+        }
+        if !matches!(self.decoder, Decoder::Xz(_)) {
+            self.take_decoded();
+        }
+        self.split_paragraphs();
+        let rest = self.text.len();
+        self.paragraph(0, rest);
+        if self.broken || self.check.take().is_some_and(|c| !c.matches()) {
+            return None;
+        }
+        Some(self.found)
     }
 }
 
@@ -200,6 +340,35 @@ mod tests {
         );
         let fresh = PoolDigests::new();
         assert_eq!(fresh.read_release("dists/stable", signed.as_bytes()), 2);
+    }
+
+    #[test]
+    fn an_index_is_read_in_small_chunks_and_only_when_it_matches_its_digest() {
+        use std::io::Write;
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(INDEX.as_bytes()).unwrap();
+        let xz = xz.finish().unwrap();
+        let read = |expected: Option<ExpectedDigest>| {
+            let mut reader = IndexReader::new(expected.as_ref().map(ExpectedDigest::verifier));
+            for chunk in xz.chunks(3) {
+                reader.feed(chunk);
+            }
+            reader.finish()
+        };
+        assert_eq!(
+            read(None).map(|f| f.len()),
+            Some(1),
+            "xz, three bytes at a time"
+        );
+        let wrong = ExpectedDigest::sha256_hex(&"00".repeat(32)).unwrap();
+        assert_eq!(
+            read(Some(wrong)),
+            None,
+            "an index that does not match supplies nothing"
+        );
+        let mut cut = IndexReader::new(None);
+        cut.feed(&xz[..xz.len() - 4]);
+        assert_eq!(cut.finish(), None, "cut short: nothing");
     }
 
     #[test]
