@@ -10,7 +10,7 @@ use proxyd_cache::{Cache, CacheSettings};
 use proxyd_ecosystem::http::Method;
 use proxyd_ecosystem::route_check::check_route;
 use proxyd_ecosystem::{
-    Documents, EcosystemContext, EcosystemKind, MetadataCache, UpstreamClients, UpstreamLimits,
+    EcosystemContext, EcosystemKind, MetadataCache, UpstreamClients, UpstreamLimits,
     UpstreamSettings,
 };
 
@@ -50,14 +50,13 @@ fn handlers() -> &'static Handlers {
             ));
             let context = |instance: &'static str| {
                 let upstream = clients.for_instance(instance, None, UpstreamLimits::default());
-                EcosystemContext {
+                EcosystemContext::new(
                     instance,
-                    mount: instance,
-                    base_url: "http://proxy.test".into(),
-                    mount_url: format!("http://proxy.test/{instance}"),
-                    documents: Documents::new(store.clone(), upstream.clone(), instance),
+                    instance,
+                    "http://proxy.test",
                     upstream,
-                }
+                    store.clone(),
+                )
             };
             let npm = proxyd_npm::NpmKind::build(
                 proxyd_npm::NpmConfig {

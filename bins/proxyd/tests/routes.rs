@@ -10,8 +10,8 @@ use proxyd_cache::{Cache, CacheSettings};
 use proxyd_ecosystem::http::Method;
 use proxyd_ecosystem::route_check::check_route;
 use proxyd_ecosystem::{
-    Documents, Ecosystem, EcosystemContext, EcosystemKind, MetadataCache, ObjectKey,
-    UpstreamClients, UpstreamLimits, UpstreamSettings,
+    Ecosystem, EcosystemContext, EcosystemKind, MetadataCache, ObjectKey, UpstreamClients,
+    UpstreamLimits, UpstreamSettings,
 };
 use proxyd_index_sqlite::SqliteIndex;
 
@@ -47,14 +47,13 @@ async fn context_and_store(
         std::time::Duration::from_secs(60),
         metadata_bytes,
     ));
-    let context = EcosystemContext {
+    let context = EcosystemContext::new(
         instance,
-        mount: instance,
-        base_url: "http://proxy.test".into(),
-        mount_url: format!("http://proxy.test/{instance}"),
-        documents: Documents::new(store.clone(), upstream.clone(), instance),
+        instance,
+        "http://proxy.test",
         upstream,
-    };
+        store.clone(),
+    );
     (context, store)
 }
 

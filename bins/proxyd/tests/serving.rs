@@ -30,6 +30,18 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The whole body of a GET of `url` (redirects not followed).
+async fn get_bytes(url: impl reqwest::IntoUrl) -> proxyd_ecosystem::Bytes {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -127,14 +139,7 @@ async fn dropped_upstream_connection_aborts_the_client_and_caches_nothing() {
         &NpmRegistry::tarball_path(&pkg),
         Fault::Delay(Duration::ZERO),
     );
-    let body = client()
-        .get(tarball_url(&proxyd, &pkg))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(tarball_url(&proxyd, &pkg)).await;
     assert_eq!(body, registry.tarball(&pkg));
 }
 
@@ -143,17 +148,7 @@ async fn object_deleted_behind_proxyds_back_is_fetched_again() {
     let pkg = Package::new("vanishing", "1.0.0");
     let (registry, proxyd) = start(std::slice::from_ref(&pkg), "").await;
     let url = tarball_url(&proxyd, &pkg);
-    assert_eq!(
-        client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-        registry.tarball(&pkg)
-    );
+    assert_eq!(get_bytes(&url).await, registry.tarball(&pkg));
     proxyd.wait_cached(1).await;
     let stored = proxyd
         .artifacts_dir()
@@ -183,14 +178,7 @@ async fn streaming_honours_range_and_conditionals() {
     let (registry, proxyd) = start(std::slice::from_ref(&pkg), "").await;
     let url = tarball_url(&proxyd, &pkg);
     let full = registry.tarball(&pkg);
-    client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap(); // miss
+    get_bytes(&url).await; // miss
     let hit = client().get(&url).send().await.unwrap();
     assert_eq!(hit.status(), 200);
     let etag = hit.headers()["etag"].to_str().unwrap().to_owned();
@@ -323,14 +311,7 @@ async fn sigterm_shuts_down_cleanly_and_flushes_hits() {
     let (_registry, mut proxyd) = start(std::slice::from_ref(&pkg), "").await;
     let url = tarball_url(&proxyd, &pkg);
     for _ in 0..3 {
-        client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        get_bytes(&url).await;
     }
     let status = proxyd.stop();
     assert!(
@@ -453,14 +434,7 @@ async fn two_npm_instances_have_their_own_mount_keys_and_label() {
         tarball,
         format!("{}/npm-internal/right/-/right-1.0.0.tgz", proxyd.url())
     );
-    let body = client()
-        .get(&tarball)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&tarball).await;
     assert_eq!(body, internal.tarball(&Package::new("right", "1.0.0")));
     proxyd.wait_cached(1).await;
     assert!(
@@ -587,14 +561,7 @@ async fn tls_upstreams_are_trusted_through_the_system_store_or_ca_file() {
             .await
             .unwrap();
         assert_eq!(doc.status(), 200, "{}", proxyd.log());
-        let body = client()
-            .get(format!("{}/npm/secure/-/secure-1.0.0.tgz", proxyd.url()))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_bytes(format!("{}/npm/secure/-/secure-1.0.0.tgz", proxyd.url())).await;
         assert_eq!(body, tarball);
     }
 }
@@ -702,14 +669,7 @@ async fn a_crash_mid_download_leaves_nothing_after_restart() {
             .exists(),
         "no partial object"
     );
-    let body = client()
-        .get(tarball_url(&proxyd, &pkg))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(tarball_url(&proxyd, &pkg)).await;
     assert_eq!(body, registry.tarball(&pkg));
 }
 
@@ -937,14 +897,7 @@ async fn a_crash_mid_download_on_s3_leaves_no_object_after_restart() {
         0,
         "nothing counted"
     );
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&url).await;
     assert_eq!(body, registry.tarball(&pkg), "fetched whole again");
     assert_eq!(registry.hits(&NpmRegistry::tarball_path(&pkg)), 2);
     proxyd.wait_cached(1).await;
@@ -1084,14 +1037,7 @@ async fn a_full_disk_serves_the_miss_whole_and_keeps_nothing_of_it() {
     );
     let proxyd = ProxydProcess::start(BIN, &config, &[]);
     // Storage runs out of space in the middle of the put: the client still gets every byte.
-    let body = client()
-        .get(tarball_url(&proxyd, &big))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(tarball_url(&proxyd, &big)).await;
     assert_eq!(body, registry.tarball(&big));
     let mut counted = false;
     for _ in 0..100 {
@@ -1116,14 +1062,7 @@ async fn a_full_disk_serves_the_miss_whole_and_keeps_nothing_of_it() {
     // What fits is cached once storage answers again (the probe notices within seconds).
     let mut cached = false;
     for _ in 0..50 {
-        let body = client()
-            .get(tarball_url(&proxyd, &small))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_bytes(tarball_url(&proxyd, &small)).await;
         assert_eq!(body, registry.tarball(&small));
         if proxyd.stats().await["cached_artifacts"] == 1 {
             cached = true;

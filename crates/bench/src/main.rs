@@ -871,25 +871,36 @@ async fn slowloris(
     futures::future::join_all(tasks).await;
 }
 
-/// Scenario 8, reliability: 1,000 connections of hits and of redirects; a normal client's
-/// latency beside 2,000 slow connections; recovery from a storage outage.
-async fn reliability(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    // 8a. 1,000 connections of small hits, streamed from the filesystem.
-    let hit = cached_hit(env, "small", 10 * 1024, 8).await?;
-    hit._proxyd.proc.reset_peak();
-    let w = wrk(&hit.url, 1000, s, &[])?;
-    let peak = hit._proxyd.proc.peak_rss() as f64 / MIB;
+/// 1,000 connections on `url` for `s` seconds: errors (= 0), p99, and `proxyd`'s peak resident
+/// memory during the load (<= 64 MiB).
+fn thousand_connections(label: &str, proxyd: &Server, url: &str, s: u32) -> anyhow::Result<Row> {
+    proxyd.proc.reset_peak();
+    let w = wrk(url, 1000, s, &[])?;
+    let peak = proxyd.proc.peak_rss() as f64 / MIB;
     let errors = w.socket_errors + w.non_2xx_3xx;
-    rows.push(Row::absolute(
-        "8a. 1,000 connections of small hits: errors; p99; peak RSS",
+    Ok(Row::absolute(
+        label,
         format!(
             "{errors}; {:.1} ms; {peak:.1} MiB ({:.0} req/s)",
             w.p99_ms, w.requests_per_sec
         ),
         "0; report; <= 64 MiB",
         errors == 0 && peak <= 64.0,
-    ));
+    ))
+}
+
+/// Scenario 8, reliability: 1,000 connections of hits and of redirects; a normal client's
+/// latency beside 2,000 slow connections; recovery from a storage outage.
+async fn reliability(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    // 8a. 1,000 connections of small hits, streamed from the filesystem.
+    let hit = cached_hit(env, "small", 10 * 1024, 8).await?;
+    rows.push(thousand_connections(
+        "8a. 1,000 connections of small hits: errors; p99; peak RSS",
+        &hit._proxyd,
+        &hit.url,
+        s,
+    )?);
 
     // 8c. A normal client's p99 with and without 2,000 connections sending a byte a second.
     let quiet = wrk(&hit.url, 16, s, &[])?;
@@ -917,19 +928,12 @@ async fn reliability(env: &Env, s: u32) -> anyhow::Result<Vec<Row>> {
         proxyd_testkit::forward::TcpForwarder::start(format!("127.0.0.1:{}", s3.port).parse()?)
             .await;
     let (proxyd, url) = cached_on_s3(env, &stub, &gate.base_url()).await?;
-    proxyd.proc.reset_peak();
-    let w = wrk(&url, 1000, s, &[])?;
-    let peak = proxyd.proc.peak_rss() as f64 / MIB;
-    let errors = w.socket_errors + w.non_2xx_3xx;
-    rows.push(Row::absolute(
+    rows.push(thousand_connections(
         "8b. 1,000 connections of redirects (S3): errors; p99; peak RSS",
-        format!(
-            "{errors}; {:.1} ms; {peak:.1} MiB ({:.0} req/s)",
-            w.p99_ms, w.requests_per_sec
-        ),
-        "0; report; <= 64 MiB",
-        errors == 0 && peak <= 64.0,
-    ));
+        &proxyd,
+        &url,
+        s,
+    )?);
 
     // 8d. Storage down: how long until proxyd stops redirecting to it (the storage probe runs
     // every 2 s; a redirect before then fails at storage), then whether every download is

@@ -62,6 +62,27 @@ pub struct EcosystemContext {
     pub documents: Documents,
 }
 
+impl EcosystemContext {
+    /// The context of instance `instance` mounted at `mount` under `base_url`, with its
+    /// upstream client and the metadata store every instance shares.
+    pub fn new(
+        instance: &'static str,
+        mount: &'static str,
+        base_url: &str,
+        upstream: Upstream,
+        store: Arc<MetadataCache>,
+    ) -> Self {
+        Self {
+            instance,
+            mount,
+            base_url: base_url.to_owned(),
+            mount_url: format!("{base_url}/{mount}"),
+            documents: Documents::new(store, upstream.clone(), instance),
+            upstream,
+        }
+    }
+}
+
 /// Settings every instance takes, whatever its kind.
 pub const COMMON_FIELDS: &[&str] = &[
     "kind",
@@ -463,14 +484,13 @@ impl Registry {
             .clients
             .for_instance(spec.name, spec.upstream.clone(), spec.limits)
             .also_trusting(spec.more_upstreams.clone());
-        let context = EcosystemContext {
-            instance: spec.name,
-            mount: spec.mount,
-            base_url: shared.base_url.clone(),
-            mount_url: format!("{}/{}", shared.base_url, spec.mount),
-            documents: Documents::new(shared.documents.clone(), upstream.clone(), spec.name),
+        let context = EcosystemContext::new(
+            spec.name,
+            spec.mount,
+            &shared.base_url,
             upstream,
-        };
+            shared.documents.clone(),
+        );
         let handler = (entry.build)(spec.config, context)
             .map_err(|e| format!("ecosystems.{}: {e}", spec.name))?;
         Ok(MountedInstance {

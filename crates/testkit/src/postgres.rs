@@ -250,13 +250,18 @@ impl PostgresServer {
     /// Stop the server (SIGINT: fast shutdown, clients disconnected), keeping its data, as an
     /// outage would.
     pub fn stop(&mut self) {
+        self.signal_and_wait("-INT", Duration::from_secs(30));
+    }
+
+    /// Send `signal` to the postmaster and wait for it to exit (SIGKILL after `patience`).
+    fn signal_and_wait(&mut self, signal: &str, patience: Duration) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
-                .arg("-INT")
+                .arg(signal)
                 .arg(child.id().to_string())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().unwrap().is_none() {
+            let deadline = Instant::now() + patience;
+            while child.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -276,22 +281,8 @@ impl PostgresServer {
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Immediate shutdown: the postmaster takes its backends with it.
-            let _ = Command::new("kill")
-                .arg("-QUIT")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        // Immediate shutdown: the postmaster takes its backends with it.
+        self.signal_and_wait("-QUIT", Duration::from_secs(10));
     }
 }
 
