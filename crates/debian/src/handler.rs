@@ -40,7 +40,6 @@ impl EcosystemKind for DebianKind {
                 .trim_end_matches('/')
                 .to_owned(),
             digests: PoolDigests::new(),
-            missing: Arc::new(quick_cache::sync::Cache::new(MISSING)),
             context,
         })
     }
@@ -51,13 +50,8 @@ impl EcosystemKind for DebianKind {
 pub struct DebianArchive {
     upstream: String,
     digests: PoolDigests,
-    /// Pool files the upstream answered 404 for, and when (asked again after the TTL).
-    missing: Arc<quick_cache::sync::Cache<String, std::time::Instant>>,
     context: EcosystemContext,
 }
-
-/// Pool files remembered as missing at most.
-const MISSING: usize = 100_000;
 
 /// A signed file of a suite, kept as a document: checked whole before it is served or kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,8 +262,7 @@ impl DebianArchive {
     /// On a miss: a `pool/` file, verified against the SHA-256 a package index proxyd served
     /// declared for it; one no index listed is fetched unverified and counted.
     fn fetch_pool(&self, key: ObjectKey, path: &str) -> Result<Fetch, FetchFailure> {
-        let ttl = self.context.documents.ttl();
-        if self.missing.get(path).is_some_and(|at| at.elapsed() < ttl) {
+        if self.context.documents.known_missing(path) {
             return Err(FetchFailure::not_found(format!(
                 "the upstream has no {path} (asked again after metadata_ttl)"
             )));
@@ -286,7 +279,7 @@ impl DebianArchive {
             }
         };
         let fetch = self.context.upstream.fetch(self.spec(key, path, verifier));
-        let (missing, path) = (self.missing.clone(), path.to_owned());
+        let (documents, path) = (self.context.documents.clone(), path.to_owned());
         let source = fetch.source;
         Ok(Fetch {
             spec: fetch.spec,
@@ -295,7 +288,7 @@ impl DebianArchive {
                 if let Err(f) = &answer
                     && f.kind == FailureKind::NotFound
                 {
-                    missing.insert(path, std::time::Instant::now());
+                    documents.note_missing(&path);
                 }
                 answer
             }),

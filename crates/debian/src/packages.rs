@@ -2,11 +2,10 @@
 //! `InRelease` / `Release` proxyd served, and `.deb` files listed in the `Packages` indexes it
 //! served (read as they pass through, plain, gzip or xz), so each is verified before it is kept.
 
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use proxyd_ecosystem::{Bytes, DigestVerifier, ExpectedDigest};
+use proxyd_ecosystem::{Bytes, DigestVerifier, ExpectedDigest, fingerprint};
 
 /// Pool files whose digest is remembered (a fingerprint and a digest each, about 100 bytes
 /// with the map's own; the Debian archive's main amd64 index lists about 65,000).
@@ -24,17 +23,6 @@ impl std::fmt::Debug for PoolDigests {
             .field("remembered", &self.digests.len())
             .finish()
     }
-}
-
-/// A 128-bit fingerprint of a pool path (two SipHash runs with different prefixes).
-fn fingerprint(path: &str) -> u128 {
-    let half = |salt: u8| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut h);
-        path.hash(&mut h);
-        h.finish()
-    };
-    (u128::from(half(0)) << 64) | u128::from(half(1))
 }
 
 fn hex_digest(hex: &str) -> Option<[u8; 32]> {

@@ -19,7 +19,7 @@ pub use kind::{
 };
 pub use metadata::{
     DocumentCheck, DocumentRequest, Documents, Freshness, MetadataCache, MetadataMemory, any_body,
-    json_body,
+    fingerprint, json_body,
 };
 pub use reply::{
     DocumentReply, Fetch, FreshnessRule, Refusal, RefusalKind, Reply, ResolveFuture, Resolver,

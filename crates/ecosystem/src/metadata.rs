@@ -45,8 +45,9 @@ impl Missing {
     }
 }
 
-/// A key's fingerprint: the first 128 bits of its SHA-256 (no collision to fear, none to craft).
-fn fingerprint(key: &str) -> u128 {
+/// A key's fingerprint: the first 128 bits of its SHA-256 (no collision to fear, none to craft),
+/// for bounded maps keyed by what clients or upstreams name.
+pub fn fingerprint(key: &str) -> u128 {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(key.as_bytes());
     let mut first = [0u8; 16];
@@ -382,6 +383,23 @@ impl Documents {
         full.push('/');
         full.push_str(key);
         full
+    }
+
+    /// Remember, for `metadata_ttl`, that the upstream does not have `thing` (a file this
+    /// instance asked for itself, outside the documents), in the same bounded memory as the
+    /// documents' own misses.
+    pub fn note_missing(&self, thing: &str) {
+        self.store
+            .missing
+            .insert(fingerprint(&self.full_key(thing)), ());
+    }
+
+    /// Whether `thing` was noted missing within `metadata_ttl`: asking again would only ask
+    /// the upstream for what it just said it does not have.
+    pub fn known_missing(&self, thing: &str) -> bool {
+        self.store
+            .missing
+            .contains_key(&fingerprint(&self.full_key(thing)))
     }
 
     /// The document `key` if it is in memory and fresh; never asks upstream.
