@@ -127,10 +127,17 @@ pub(crate) fn known_keys(
     registry: &Registry,
     instances: &BTreeMap<String, String>,
     auth_names: &BTreeSet<String>,
+    upstream_names: &BTreeSet<(String, String)>,
 ) -> Vec<String> {
     let mut keys: Vec<String> = SCALAR_KEYS.iter().map(|k| (*k).to_owned()).collect();
     for kind in registry.kinds() {
         keys.push(format!("upstream.{kind}"));
+    }
+    for field in registry.upstream_settings() {
+        keys.push(format!("upstream.{field}"));
+    }
+    for (kind, name) in upstream_names {
+        keys.push(format!("upstream.{kind}.{name}"));
     }
     let mut all: BTreeMap<String, String> = registry
         .kinds()
@@ -187,14 +194,27 @@ fn file_values(path: &std::path::Path, format: FileFormat) -> BTreeMap<String, V
     values
 }
 
-/// Instances (name → kind) and credential names the file and the environment declare.
+/// What the file and the environment declare by name.
+struct Declared {
+    /// Instances: name → kind.
+    instances: BTreeMap<String, String>,
+    /// Credential names.
+    auth: BTreeSet<String>,
+    /// Named upstreams of kinds that take a mapping (`upstream.oci.<name>`): (kind, name).
+    upstream_names: BTreeSet<(String, String)>,
+}
+
+/// Instances (name → kind), credential names and named upstreams the file and the
+/// environment declare.
 fn declared(
     registry: &Registry,
     file: &BTreeMap<String, Value>,
     env: &HashMap<String, String>,
-) -> (BTreeMap<String, String>, BTreeSet<String>) {
+) -> Declared {
     let mut instances = BTreeMap::new();
     let mut auth = BTreeSet::new();
+    let mut upstream_names = BTreeSet::new();
+    let maps: Vec<&str> = registry.upstream_maps().collect();
     for (key, value) in file {
         let parts: Vec<&str> = key.split('.').collect();
         match parts.as_slice() {
@@ -209,6 +229,9 @@ fn declared(
             ["upstream", "auth", name, _] => {
                 auth.insert((*name).to_owned());
             }
+            ["upstream", kind, name] if maps.contains(kind) => {
+                upstream_names.insert(((*kind).to_owned(), (*name).to_owned()));
+            }
             _ => {}
         }
     }
@@ -217,6 +240,14 @@ fn declared(
             && let Some(name) = rest.strip_suffix("_KIND")
         {
             instances.insert(name.to_ascii_lowercase().replace('_', "-"), value.clone());
+        }
+        for kind in &maps {
+            let prefix = format!("PROXYD_UPSTREAM_{}_", kind.to_ascii_uppercase());
+            if let Some(name) = var.strip_prefix(&prefix)
+                && !name.is_empty()
+            {
+                upstream_names.insert(((*kind).to_owned(), name.to_ascii_lowercase()));
+            }
         }
         if let Some(rest) = var.strip_prefix("PROXYD_UPSTREAM_AUTH_") {
             for field in AUTH_FIELDS {
@@ -233,7 +264,11 @@ fn declared(
     for kind in registry.kinds() {
         instances.remove(kind);
     }
-    (instances, auth)
+    Declared {
+        instances,
+        auth,
+        upstream_names,
+    }
 }
 
 /// `${VAR}` in a credential replaced by the variable's value.
@@ -343,8 +378,12 @@ pub(crate) fn load(
             )),
         }
     }
-    let (instances, auth_names) = declared(registry, &file, env);
-    let known = known_keys(registry, &instances, &auth_names);
+    let Declared {
+        instances,
+        auth: auth_names,
+        upstream_names,
+    } = declared(registry, &file, env);
+    let known = known_keys(registry, &instances, &auth_names, &upstream_names);
     let by_env: HashMap<String, &String> = known.iter().map(|k| (env_name(k), k)).collect();
     let mut env_keys: Vec<_> = env.keys().filter(|k| k.starts_with("PROXYD_")).collect();
     env_keys.sort();
@@ -603,10 +642,24 @@ pub(crate) fn load(
                     map.insert((*field).to_owned(), to_json(value));
                 }
             }
-            ["upstream", kind] if registry.kinds().any(|k| k == *kind) => {
+            ["upstream", kind]
+                if registry.kinds().any(|k| k == *kind)
+                    || registry.upstream_settings().any(|k| k == *kind) =>
+            {
                 let json = to_json(value);
                 if scalar_text(&json).is_some_and(|t| !t.is_empty()) || json.is_array() {
                     upstreams.insert((*kind).to_owned(), json);
+                }
+            }
+            ["upstream", kind, name] if registry.upstream_maps().any(|k| k == *kind) => {
+                let json = to_json(value);
+                if scalar_text(&json).is_some_and(|t| !t.is_empty()) {
+                    let entry = upstreams
+                        .entry((*kind).to_owned())
+                        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                    if let serde_json::Value::Object(map) = entry {
+                        map.insert((*name).to_owned(), json);
+                    }
                 }
             }
             _ => {}

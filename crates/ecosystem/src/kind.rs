@@ -25,6 +25,12 @@ pub trait EcosystemKind: 'static {
     /// Whether its stored files are always streamed, never redirected to storage whatever
     /// `direct_serve` says (Gradle's build cache).
     const NEVER_REDIRECT: bool = false;
+    /// Further `upstream.<field>` settings its default instance takes as the config field of
+    /// the same name (Go's `upstream.go_sumdb`); each is also `ecosystems.<name>.<field>`.
+    const UPSTREAM_SETTINGS: &'static [&'static str] = &[];
+    /// Whether `upstream.<KIND>` is a mapping of names to URLs (OCI's `upstream.oci.<name>`)
+    /// rather than one URL; it reaches the config's `upstream` field as that mapping.
+    const UPSTREAM_MAP: bool = false;
     /// The kind's own settings (`#[serde(deny_unknown_fields)]`, documented per field).
     type Config: DeserializeOwned + std::fmt::Debug;
     /// The handler.
@@ -105,6 +111,8 @@ struct KindEntry {
     needs_upstream: bool,
     never_redirect: bool,
     default_mount: Option<&'static str>,
+    upstream_settings: &'static [&'static str],
+    upstream_map: bool,
     fields: &'static [&'static str],
     check: Check,
     build: Build,
@@ -231,6 +239,8 @@ impl Registry {
                 needs_upstream: K::NEEDS_UPSTREAM,
                 never_redirect: K::NEVER_REDIRECT,
                 default_mount: K::DEFAULT_MOUNT,
+                upstream_settings: K::UPSTREAM_SETTINGS,
+                upstream_map: K::UPSTREAM_MAP,
                 fields: field_names::<K::Config>(),
                 check: check::<K>,
                 build: build::<K>,
@@ -241,6 +251,21 @@ impl Registry {
     /// The registered kinds.
     pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.kinds.keys().copied()
+    }
+
+    /// The `upstream.<field>` settings beyond `upstream.<kind>` (Go's `go_sumdb`).
+    pub fn upstream_settings(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds
+            .values()
+            .flat_map(|e| e.upstream_settings.iter().copied())
+    }
+
+    /// The kinds whose `upstream.<kind>` is a mapping of names to URLs (OCI).
+    pub fn upstream_maps(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds
+            .iter()
+            .filter(|(_, e)| e.upstream_map)
+            .map(|(k, _)| *k)
     }
 
     /// Every key an instance of `kind` takes (common ones first).
@@ -258,7 +283,8 @@ impl Registry {
 
     /// The instances that `ecosystems` (instance name → its settings) and `upstreams`
     /// (`upstream.<kind>` values) describe: one default instance per kind plus every other
-    /// instance named, each checked. Every bad key is named in the error.
+    /// instance named, each checked. Every bad key is named in the error. `upstreams` also
+    /// holds the kinds' further `upstream.<field>` settings, under their field names.
     pub fn plan(
         &self,
         ecosystems: &serde_json::Map<String, serde_json::Value>,
@@ -332,6 +358,15 @@ impl Registry {
             {
                 fields.insert("upstream".into(), value.clone());
                 legacy_upstream = true;
+            }
+            if is_default {
+                for field in entry.upstream_settings {
+                    if let Some(value) = upstreams.get(*field)
+                        && !fields.contains_key(*field)
+                    {
+                        fields.insert((*field).to_owned(), value.clone());
+                    }
+                }
             }
             let name: &'static str = leak(&name);
             let mount = match fields.remove("mount").map(|v| scalar_text(&v)) {
@@ -414,9 +449,11 @@ impl Registry {
                     ),
                 }
             }
-            let has_upstream = fields
-                .get("upstream")
-                .is_some_and(|v| !scalar_text(v).unwrap_or_default().is_empty() || v.is_array());
+            let has_upstream = fields.get("upstream").is_some_and(|v| {
+                !scalar_text(v).unwrap_or_default().is_empty()
+                    || v.is_array()
+                    || v.as_object().is_some_and(|m| !m.is_empty())
+            });
             if entry.needs_upstream && !has_upstream {
                 let setting = if is_default {
                     format!(
