@@ -113,3 +113,34 @@ install_devpi() {
         env -u PIP_FIND_LINKS "$tools/devpi/bin/pip" install -q devpi-server devpi-client
     fi
 }
+
+# Go: the test checksum database (our sumdbd, built offline in GOPATH mode against Debian's
+# golang.org/x/mod) and genuine module sources: the upstream release tarballs Debian's source
+# packages carry, fetched with a private deb-src list (the system's apt state is untouched).
+GO_SOURCE_PACKAGES="golang-github-pkg-errors golang-github-google-uuid"
+install_go_fixtures() {
+    local src_sum
+    src_sum=$(sha256sum crates/testkit/go/sumdbd/main.go | cut -d' ' -f1)
+    if [ "$(cat "$tools/bin/sumdbd.sha256" 2>/dev/null)" != "$src_sum" ]; then
+        step "building sumdbd (the tests' Go checksum database)"
+        mkdir -p "$tools/bin"
+        (cd crates/testkit/go/sumdbd && GO111MODULE=off GOPATH=/usr/share/gocode \
+            GOCACHE="$tools/gocache" go build -o "$tools/bin/sumdbd" .)
+        echo "$src_sum" > "$tools/bin/sumdbd.sha256"
+    fi
+    if [ ! -f "$tools/go-src/.complete" ]; then
+        step "downloading genuine Go module sources ($GO_SOURCE_PACKAGES)"
+        local dir="$tools/go-src" mirror
+        rm -rf "$dir" && mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/x"
+        mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+        [ -n "$mirror" ] || mirror=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list)
+        echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror bookworm main" \
+            > "$dir/sources.list"
+        local opts=(-o "Dir::Etc::SourceList=$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache" -o APT::Sandbox::User=root)
+        apt-get "${opts[@]}" update -qq
+        (cd "$dir" && apt-get "${opts[@]}" source --download-only -qq $GO_SOURCE_PACKAGES)
+        for t in "$dir"/*.orig.tar.*; do tar xf "$t" -C "$dir/x"; done
+        touch "$dir/.complete"
+    fi
+}

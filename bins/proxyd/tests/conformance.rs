@@ -51,3 +51,4 @@ conformance!(pypi, Kind::PyPi);
 conformance!(cargo, Kind::Cargo);
 conformance!(maven, Kind::Maven);
 conformance!(debian, Kind::Debian);
+conformance!(go, Kind::Go);

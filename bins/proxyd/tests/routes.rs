@@ -128,6 +128,14 @@ impl Paths {
             "pool",
             "InRelease",
             ".deb",
+            "a.b",
+            "/@v/",
+            "v1.0.0",
+            ".zip",
+            ".mod",
+            "list",
+            "/@latest",
+            "!x",
             "1.0.0",
             "ab",
             "cd",
@@ -426,6 +434,78 @@ async fn debian_routes() {
     fuzz(&debian, "debian", |op| match op {
         DebianOp::Dists { key, .. } | DebianOp::Pool { key, .. } => Some(key),
         DebianOp::Signed { .. } => None,
+    });
+}
+
+#[tokio::test]
+async fn go_routes() {
+    use proxyd_go::{GoConfig, GoKind, GoOp};
+    let dir = tempfile::tempdir().unwrap();
+    let config = GoConfig {
+        upstream: "http://127.0.0.1:9".into(),
+        go_sumdb: Some("http://127.0.0.1:8".into()),
+        go_sumdb_name: Some("sum.test".into()),
+        go_sumdb_key: None,
+    };
+    let go = GoKind::build(config, context("go", dir.path()).await).unwrap();
+    let get = Method::GET;
+    match go.route(&get, "/github.com/!burnt!sushi/toml/@v/v1.2.0.zip") {
+        Ok(GoOp::File { key, module, .. }) => {
+            assert_eq!(
+                key.as_str(),
+                "go/github.com/!burnt!sushi/toml/@v/v1.2.0.zip"
+            );
+            assert_eq!(module.path, "github.com/BurntSushi/toml");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        go.route(&get, "/golang.org/x/mod/@v/list"),
+        Ok(GoOp::List(_))
+    ));
+    assert!(matches!(
+        go.route(&get, "/golang.org/x/mod/@latest"),
+        Ok(GoOp::Latest(_))
+    ));
+    assert!(matches!(
+        go.route(&get, "/golang.org/x/mod/@v/master.info"),
+        Ok(GoOp::Query(..))
+    ));
+    assert!(matches!(
+        go.route(&get, "/sumdb/sum.test/supported"),
+        Ok(GoOp::SumDbSupported)
+    ));
+    assert!(matches!(
+        go.route(&get, "/sumdb/sum.test/tile/8/0/x001/002"),
+        Ok(GoOp::SumDbTile { .. })
+    ));
+    assert!(matches!(
+        go.route(&get, "/sumdb/sum.test/tile/8/0/002.p/7"),
+        Ok(GoOp::SumDbDocument(_))
+    ));
+    for (method, path, status) in [
+        (Method::PUT, "/golang.org/x/mod/@v/list".to_owned(), 405),
+        (get.clone(), "/golang.org/x/Mod/@v/list".into(), 400),
+        (get.clone(), "/golang.org/x/mod/@v/master.zip".into(), 400),
+        (get.clone(), "/golang.org/x/%2e%2e/@v/list".into(), 400),
+        (get.clone(), "/nodot/x/@v/list".into(), 400),
+        (get.clone(), "/golang.org/x/mod".into(), 404),
+        (get.clone(), "/golang.org/x/mod/@v/v1.0.0.tar".into(), 404),
+        (get.clone(), "/sumdb/other.test/supported".into(), 404),
+        (get.clone(), "/sumdb/sum.test/tile/../x".into(), 404),
+        (get.clone(), "/sumdb/sum.test/lookup/x".into(), 400),
+        (
+            get.clone(),
+            format!("/a.b/{}/@v/list", "a".repeat(2_000)),
+            400,
+        ),
+    ] {
+        let refusal = go.route(&method, &path).unwrap_err();
+        assert_eq!(refusal.status(), status, "{method} {path}");
+    }
+    fuzz(&go, "go", |op| match op {
+        GoOp::File { key, .. } | GoOp::SumDbTile { key, .. } => Some(key),
+        _ => None,
     });
 }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use crate::apt_repo::AptRepository;
 use crate::cargo_registry::{CargoRegistry, Crate};
 use crate::emulators::S3sFs;
+use crate::go_proxy::{GoModule, GoProxyServer};
 use crate::maven_repo::{MavenArtifact, MavenRepository};
 use crate::npm_registry::{NpmRegistry, Package};
 use crate::proxyd::{ProxydProcess, metric};
@@ -26,6 +27,7 @@ pub enum Kind {
     Cargo,
     Maven,
     Debian,
+    Go,
 }
 
 /// Where proxyd keeps artifacts in a check.
@@ -43,6 +45,7 @@ enum Upstream {
     Cargo(CargoRegistry),
     Maven(MavenRepository),
     Debian(AptRepository),
+    Go(GoProxyServer),
 }
 
 /// One ecosystem's package, served by its fake upstream.
@@ -269,6 +272,55 @@ impl Fixture {
                     upstream: Upstream::Debian(repo),
                 }
             }
+            Kind::Go => {
+                let body = Bytes::from(crate::conformance::pattern(size.max(64), 5));
+                let module = GoModule::new(
+                    "example.com/conformance/pkg",
+                    "v1.0.0",
+                    &[
+                        (
+                            "go.mod".into(),
+                            Bytes::from("module example.com/conformance/pkg\n"),
+                        ),
+                        ("data.bin".into(), body),
+                    ],
+                );
+                let proxy = GoProxyServer::start(std::slice::from_ref(&module)).await;
+                let zip = format!("{}.zip", module.base());
+                Self {
+                    kind,
+                    mount: "go",
+                    settings: format!(
+                        "upstream:\n  go: {}\n  go_sumdb: {}\n",
+                        proxy.url(),
+                        proxy.sumdb_url()
+                    ),
+                    metadata_path: "/go/example.com/conformance/pkg/@latest".into(),
+                    metadata_upstream_path: "/example.com/conformance/pkg/@latest".into(),
+                    artifact_path: format!("/go{zip}"),
+                    artifact_upstream_path: zip,
+                    artifact: module.zip.clone(),
+                    digest: "h1",
+                    negotiates: false,
+                    links: None,
+                    bad_paths: vec![
+                        "/go/example.com/Conformance/@v/list".into(),
+                        "/go/example.com/../x/@v/list".into(),
+                        "/go/example.com/conformance/pkg/@v/v1.0.0%2f.zip".into(),
+                        "/go/example.com/conformance/pkg/@v/master.zip".into(),
+                        "/go/nodot/x/@v/list".into(),
+                        "/go/sumdb/127.0.0.1/lookup/example.com/x@..".into(),
+                    ],
+                    unknown: (
+                        "/go/example.com/no-such-module/@latest".into(),
+                        "/example.com/no-such-module/@latest".into(),
+                    ),
+                    unknown_artifact: "/go/example.com/conformance/pkg/@v/v9.9.9.zip".into(),
+                    warm_up: vec![],
+                    warm_up_stored: 0,
+                    upstream: Upstream::Go(proxy),
+                }
+            }
         }
     }
 
@@ -280,6 +332,7 @@ impl Fixture {
             Upstream::Cargo(r) => &r.server,
             Upstream::Maven(r) => &r.server,
             Upstream::Debian(r) => &r.server,
+            Upstream::Go(r) => &r.server,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod ecosystem_suite;
 pub mod emulators;
 pub mod forward;
+pub mod go_proxy;
 pub mod index_suite;
 pub mod maven_repo;
 pub mod npm_registry;
