@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Method};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
 
 use crate::{Refusal, Reply};
 
@@ -37,6 +38,14 @@ pub trait Ecosystem: Send + Sync + std::fmt::Debug + 'static {
         op: Self::Op,
         request: EcosystemRequest<'_>,
     ) -> impl Future<Output = Reply> + Send;
+
+    /// The body (and its content type) of an error answer with `status` and one-line
+    /// `reason` for `path`, where the protocol defines one (OCI's JSON errors); `None` keeps
+    /// proxyd's one line of text.
+    fn error_body(&self, path: &str, status: u16, reason: &str) -> Option<(HeaderValue, Bytes)> {
+        let _ = (path, status, reason);
+        None
+    }
 }
 
 /// An ecosystem as the front holds it: route, then handle.
@@ -44,6 +53,9 @@ pub trait Ecosystem: Send + Sync + std::fmt::Debug + 'static {
 pub trait Handler: Send + Sync + std::fmt::Debug + 'static {
     /// Route the request and, when the route accepts it, handle it.
     async fn serve(self: Arc<Self>, request: EcosystemRequest<'_>) -> Reply;
+
+    /// See [`Ecosystem::error_body`].
+    fn error_body(&self, path: &str, status: u16, reason: &str) -> Option<(HeaderValue, Bytes)>;
 }
 
 #[async_trait::async_trait]
@@ -53,6 +65,10 @@ impl<E: Ecosystem> Handler for E {
             Ok(op) => self.handle(op, request).await,
             Err(refusal) => Reply::Error(refusal),
         }
+    }
+
+    fn error_body(&self, path: &str, status: u16, reason: &str) -> Option<(HeaderValue, Bytes)> {
+        Ecosystem::error_body(self, path, status, reason)
     }
 }
 

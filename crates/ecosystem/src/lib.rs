@@ -35,7 +35,8 @@ pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use http;
 pub use proxyd_cache::{
-    ArtifactSpec, DigestVerifier, Document, ExpectedDigest, FailureKind, FetchFailure, Verifier,
+    ArtifactSpec, DigestVerifier, Document, ExpectedDigest, FailureKind, FetchFailure,
+    UpstreamBody, Verifier,
 };
 pub use proxyd_storage_core::{ByteStream, ObjectKey};
 pub use serde;

@@ -213,6 +213,9 @@ pub struct StoredReply {
     pub freshness: FreshnessRule,
     /// Further response headers for GET and HEAD.
     pub headers: HeaderMap,
+    /// Always streamed, never redirected to storage whatever `direct_serve` says (an OCI
+    /// manifest, whose client needs its exact headers from the registry itself).
+    pub never_redirect: bool,
     /// Run only on a miss (or when a revalidated file has gone stale).
     pub resolve: Resolver,
 }
@@ -224,6 +227,7 @@ impl StoredReply {
             key,
             freshness: FreshnessRule::Immutable,
             headers: HeaderMap::new(),
+            never_redirect: false,
             resolve,
         }
     }

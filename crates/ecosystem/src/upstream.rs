@@ -455,6 +455,7 @@ impl Upstream {
                 false,
             )
         })?;
+        let mut headers = std::borrow::Cow::Borrowed(headers);
         for _ in 0..=MAX_REDIRECTS {
             let shown = loggable(url.as_str()).to_owned();
             let route = self
@@ -481,7 +482,7 @@ impl Upstream {
                 Route::Trusted => &self.clients.trusted,
                 Route::PublicOnly => &self.clients.public_only,
             };
-            let mut request = client.get(url.clone()).headers(headers.clone());
+            let mut request = client.get(url.clone()).headers(headers.as_ref().clone());
             if let Some((name, value)) = self.auth_for(url.as_str()).and_then(UpstreamAuth::header)
             {
                 request = request.header(name, value);
@@ -525,6 +526,14 @@ impl Upstream {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|loc| url.join(loc).ok());
                 if let Some(target) = target {
+                    // An ecosystem's own Authorization (an OCI bearer token) is for the
+                    // upstream, not for where it redirects (a presigned storage URL, which
+                    // refuses a second credential).
+                    if target.origin() != url.origin()
+                        && headers.contains_key(header::AUTHORIZATION)
+                    {
+                        headers.to_mut().remove(header::AUTHORIZATION);
+                    }
                     url = target;
                     continue;
                 }
@@ -559,6 +568,21 @@ impl Upstream {
             done: false,
             _slot: answer.slot,
         }
+    }
+
+    /// GET `url` with `headers` and give the status and the response headers, the body left
+    /// unread: for answers that are all in the headers (an OCI registry's `/v2/` answers 401
+    /// with the `WWW-Authenticate` challenge a client must answer).
+    pub async fn probe(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> Result<(u16, HeaderMap), UpstreamError> {
+        let answer = self.send(url, headers).await?;
+        Ok((
+            answer.response.status().as_u16(),
+            answer.response.headers().clone(),
+        ))
     }
 
     /// GET a metadata document, conditionally when `etag` / `last_modified` are given.

@@ -227,18 +227,19 @@ impl Front {
         headers: &HeaderMap,
         stored: StoredReply,
     ) -> Response<Body> {
-        let asker = Asker {
-            ecosystem,
-            wants_redirects,
-            method,
-            headers,
-        };
         let StoredReply {
             key,
             freshness,
             headers: extra,
+            never_redirect,
             resolve,
         } = stored;
+        let asker = Asker {
+            ecosystem,
+            wants_redirects: wants_redirects && !never_redirect,
+            method,
+            headers,
+        };
         let mut response = match self.cache.lookup(&key).await {
             Some(entry) if is_fresh(&entry, freshness) => {
                 self.serve_hit(asker, entry, resolve).await

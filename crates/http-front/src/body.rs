@@ -23,10 +23,19 @@ pub(crate) fn stream(body: ByteStream) -> Body {
 }
 
 /// A plain-text error with a one-line reason.
+/// The one-line reason of an error answer, kept with it so that an ecosystem whose protocol
+/// defines error bodies (OCI) can render its own.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorReason(pub(crate) String);
+
 pub(crate) fn error(status: u16, reason: &str) -> Response<Body> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = Response::new(full(format!("{}\n", reason.lines().next().unwrap_or(""))));
+    let line = reason.lines().next().unwrap_or("");
+    let mut response = Response::new(full(format!("{line}\n")));
     *response.status_mut() = status;
+    response
+        .extensions_mut()
+        .insert(ErrorReason(line.to_owned()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -317,9 +317,21 @@ impl Front {
                         headers: &parts.headers,
                     };
                     let reply = mount.handler.clone().serve(request).await;
-                    let response = self
+                    let mut response = self
                         .respond(mount, &parts.method, &parts.headers, reply, request_body)
                         .await;
+                    if let Some(body::ErrorReason(reason)) = response.extensions().get()
+                        && let Some((content_type, bytes)) =
+                            mount
+                                .handler
+                                .error_body(rest, response.status().as_u16(), reason)
+                    {
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONTENT_TYPE, content_type);
+                        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+                        *response.body_mut() = body::full(bytes);
+                    }
                     (response, Some(mount.name))
                 }
                 (Route::Disabled(disabled), _) => (

@@ -43,6 +43,7 @@ impl Ecosystem for OneFile {
             key,
             freshness: FreshnessRule::RevalidateAfter(Duration::from_secs(1)),
             headers,
+            never_redirect: false,
             resolve: Box::new(move || {
                 Box::pin(async move {
                     Ok(this.upstream.fetch(ArtifactSpec {
