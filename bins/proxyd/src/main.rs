@@ -24,6 +24,7 @@ pub(crate) fn registry() -> Registry {
     registry.register::<proxyd_cargo::CargoKind>();
     registry.register::<proxyd_maven::MavenKind>();
     registry.register::<proxyd_go::GoKind>();
+    registry.register::<proxyd_oci::OciKind>();
     registry.register::<proxyd_gradle::GradleKind>();
     registry.register::<proxyd_debian::DebianKind>();
     registry

@@ -52,3 +52,4 @@ conformance!(cargo, Kind::Cargo);
 conformance!(maven, Kind::Maven);
 conformance!(debian, Kind::Debian);
 conformance!(go, Kind::Go);
+conformance!(oci, Kind::Oci);

@@ -136,6 +136,11 @@ impl Paths {
             "list",
             "/@latest",
             "!x",
+            "/manifests/",
+            "/blobs/",
+            "sha256:",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "/tags/list",
             "1.0.0",
             "ab",
             "cd",
@@ -505,6 +510,81 @@ async fn go_routes() {
     }
     fuzz(&go, "go", |op| match op {
         GoOp::File { key, .. } | GoOp::SumDbTile { key, .. } => Some(key),
+        _ => None,
+    });
+}
+
+#[tokio::test]
+async fn oci_routes() {
+    use proxyd_oci::{OciConfig, OciKind, OciOp, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let config: OciConfig = serde_json::from_value(serde_json::json!({"upstream": {
+        "default": "http://127.0.0.1:9", "ghcr": "http://127.0.0.1:8"
+    }}))
+    .unwrap();
+    let oci = OciKind::build(config, context("oci", dir.path()).await).unwrap();
+    let get = Method::GET;
+    let hex = "ab".repeat(32);
+    assert!(matches!(oci.route(&get, "/"), Ok(OciOp::Base)));
+    match oci.route(&get, "/ghcr/org/app/manifests/1.0") {
+        Ok(OciOp::ManifestByTag(
+            Target {
+                upstream,
+                repository,
+            },
+            tag,
+        )) => {
+            assert_eq!(
+                (upstream, repository.as_str(), tag.as_str()),
+                (0, "org/app", "1.0")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match oci.route(&get, &format!("/library/alpine/blobs/sha256:{hex}")) {
+        Ok(OciOp::Blob(target, _, key)) => {
+            assert_eq!(
+                (target.upstream, target.repository.as_str()),
+                (1, "library/alpine")
+            );
+            assert_eq!(key.as_str(), format!("oci/blobs/sha256/{hex}"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match oci.route(
+        &Method::HEAD,
+        &format!("/a/manifests/blobs/manifests/sha256:{hex}"),
+    ) {
+        Ok(OciOp::ManifestByDigest(target, _, key)) => {
+            assert_eq!(target.repository, "a/manifests/blobs");
+            assert_eq!(key.as_str(), format!("oci/manifests/sha256/{hex}"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        oci.route(&get, "/a/b/tags/list"),
+        Ok(OciOp::Tags(_))
+    ));
+    for (method, path, status) in [
+        (Method::PUT, "/a/manifests/1.0".to_owned(), 405),
+        (Method::POST, "/a/blobs/uploads/".to_owned(), 405),
+        (get.clone(), "/A/manifests/1.0".into(), 400),
+        (get.clone(), "/a/manifests/-x".into(), 400),
+        (get.clone(), "/a/blobs/sha256:abc".into(), 400),
+        (get.clone(), "/a/blobs/1.0".into(), 400),
+        (get.clone(), "/a/%2e%2e/manifests/1.0".into(), 400),
+        (get.clone(), "/a/other".into(), 404),
+        (
+            get.clone(),
+            format!("/{}/manifests/1", "a".repeat(300)),
+            400,
+        ),
+    ] {
+        let refusal = oci.route(&method, &path).unwrap_err();
+        assert_eq!(refusal.status(), status, "{method} {path}");
+    }
+    fuzz(&oci, "oci", |op| match op {
+        OciOp::Blob(_, _, key) | OciOp::ManifestByDigest(_, _, key) => Some(key),
         _ => None,
     });
 }

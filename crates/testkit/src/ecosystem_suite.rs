@@ -28,6 +28,7 @@ pub enum Kind {
     Maven,
     Debian,
     Go,
+    Oci,
 }
 
 /// Where proxyd keeps artifacts in a check.
@@ -46,13 +47,16 @@ enum Upstream {
     Maven(MavenRepository),
     Debian(AptRepository),
     Go(GoProxyServer),
+    Oci(StaticServer),
 }
 
 /// One ecosystem's package, served by its fake upstream.
 pub struct Fixture {
     pub kind: Kind,
-    /// The instance's mount (`npm`).
+    /// The instance's mount (`npm`; `v2` for OCI).
     pub mount: &'static str,
+    /// The instance's name: its metrics label, `/stats` key and settings key (`oci`).
+    pub name: &'static str,
     /// proxyd's settings naming the upstream.
     pub settings: String,
     /// The package's metadata on proxyd and on upstream.
@@ -94,6 +98,7 @@ impl Fixture {
                 Self {
                     kind,
                     mount: "npm",
+                    name: "npm",
                     settings: format!("upstream:\n  npm: {}\n", registry.url()),
                     metadata_path: "/npm/conformance-pkg".into(),
                     metadata_upstream_path: "/conformance-pkg".into(),
@@ -132,6 +137,7 @@ impl Fixture {
                 Self {
                     kind,
                     mount: "pypi",
+                    name: "pypi",
                     settings: format!("upstream:\n  pypi: {}\n", registry.index_url()),
                     metadata_path: "/pypi/simple/conformance-pkg/".into(),
                     metadata_upstream_path: "/simple/conformance-pkg/".into(),
@@ -168,6 +174,7 @@ impl Fixture {
                 Self {
                     kind,
                     mount: "cargo",
+                    name: "cargo",
                     settings: format!("upstream:\n  cargo: {}\n", registry.index_url()),
                     metadata_path: "/cargo/co/nf/conformance-pkg".into(),
                     metadata_upstream_path: "/index/co/nf/conformance-pkg".into(),
@@ -203,6 +210,7 @@ impl Fixture {
                 Self {
                     kind,
                     mount: "maven",
+                    name: "maven",
                     settings: format!("upstream:\n  maven: {}\n", repo.url()),
                     metadata_path: format!("/maven{}", artifact.metadata_path()),
                     metadata_upstream_path: artifact.metadata_path(),
@@ -243,6 +251,7 @@ impl Fixture {
                 Self {
                     kind,
                     mount: "debian",
+                    name: "debian",
                     settings: format!("upstream:\n  debian: {}\n", repo.url()),
                     metadata_path: "/debian/dists/stable/InRelease".into(),
                     metadata_upstream_path: "/dists/stable/InRelease".into(),
@@ -290,6 +299,7 @@ impl Fixture {
                 Self {
                     kind,
                     mount: "go",
+                    name: "go",
                     settings: format!(
                         "upstream:\n  go: {}\n  go_sumdb: {}\n",
                         proxy.url(),
@@ -321,6 +331,63 @@ impl Fixture {
                     upstream: Upstream::Go(proxy),
                 }
             }
+            Kind::Oci => {
+                // An OCI registry's answers, served from memory (the real registry is in the
+                // client tests): one image whose single layer is the artifact.
+                let layer = Bytes::from(crate::conformance::pattern(size.max(64), 9));
+                let config = Bytes::from_static(b"{\"architecture\":\"amd64\",\"os\":\"linux\"}");
+                let digest = |b: &[u8]| crate::oci_registry::digest(b);
+                let manifest = format!(
+                    "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"{}\",\"size\":{}}},\"layers\":[{{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"{}\",\"size\":{}}}]}}",
+                    digest(&config),
+                    config.len(),
+                    digest(&layer),
+                    layer.len()
+                );
+                let server = StaticServer::start().await;
+                let blob = format!("/v2/demo/pkg/blobs/{}", digest(&layer));
+                server.put(&blob, layer.clone(), "application/octet-stream");
+                server.put(
+                    &format!("/v2/demo/pkg/blobs/{}", digest(&config)),
+                    config,
+                    "application/octet-stream",
+                );
+                server.put(
+                    "/v2/demo/pkg/manifests/1.0",
+                    manifest,
+                    "application/vnd.oci.image.manifest.v1+json",
+                );
+                Self {
+                    kind,
+                    mount: "v2",
+                    name: "oci",
+                    settings: format!("upstream:\n  oci:\n    default: {}\n", server.url()),
+                    metadata_path: "/v2/demo/pkg/manifests/1.0".into(),
+                    metadata_upstream_path: "/v2/demo/pkg/manifests/1.0".into(),
+                    artifact_path: format!("/v2{}", blob.trim_start_matches("/v2")),
+                    artifact_upstream_path: blob,
+                    artifact: layer,
+                    digest: "sha256",
+                    negotiates: true,
+                    links: None,
+                    bad_paths: vec![
+                        "/v2/Demo/pkg/manifests/1.0".into(),
+                        "/v2/demo/pkg/blobs/sha256:abc".into(),
+                        "/v2/demo/pkg/blobs/md5:0123".into(),
+                        "/v2/demo/pkg/manifests/.x".into(),
+                        "/v2/demo//pkg/tags/list".into(),
+                        "/v2/demo/pkg/other/x".into(),
+                    ],
+                    unknown: (
+                        "/v2/demo/none/manifests/1.0".into(),
+                        "/v2/demo/none/manifests/1.0".into(),
+                    ),
+                    unknown_artifact: format!("/v2/demo/pkg/blobs/sha256:{}", "0".repeat(64)),
+                    warm_up: vec![],
+                    warm_up_stored: 0,
+                    upstream: Upstream::Oci(server),
+                }
+            }
         }
     }
 
@@ -333,6 +400,7 @@ impl Fixture {
             Upstream::Maven(r) => &r.server,
             Upstream::Debian(r) => &r.server,
             Upstream::Go(r) => &r.server,
+            Upstream::Oci(s) => s,
         }
     }
 
@@ -447,13 +515,13 @@ async fn download(url: &str, redirects: bool) -> (u16, Result<Bytes, String>) {
 pub async fn miss_then_hit(bin: &str, kind: Kind, storage: Storage) {
     let f = Fixture::start(kind, 100_000).await;
     let run = start_warm(bin, &f, storage, "").await;
-    let label = [("ecosystem", f.mount)];
+    let label = [("ecosystem", f.name)];
     let before = run.proxyd.metrics().await;
     let (misses, hits) = (
         metric(&before, "proxyd_cache_misses_total", &label),
         metric(&before, "proxyd_cache_hits_total", &label),
     );
-    let cached = run.proxyd.stats().await["ecosystems"][f.mount]["cached_artifacts"]
+    let cached = run.proxyd.stats().await["ecosystems"][f.name]["cached_artifacts"]
         .as_u64()
         .unwrap_or(0);
     let url = format!("{}{}", run.proxyd.url(), f.artifact_path);
@@ -471,7 +539,7 @@ pub async fn miss_then_hit(bin: &str, kind: Kind, storage: Storage) {
     );
     assert_eq!(metric(&m, "proxyd_cache_hits_total", &label) - hits, 1.0);
     assert_eq!(
-        run.proxyd.stats().await["ecosystems"][f.mount]["cached_artifacts"],
+        run.proxyd.stats().await["ecosystems"][f.name]["cached_artifacts"],
         cached + 1
     );
 }
@@ -547,7 +615,7 @@ pub async fn upstream_failures_give_502_and_504(bin: &str, kind: Kind, storage: 
     let f = Fixture::start(kind, 1_000).await;
     let extra = format!(
         "ecosystems:\n  {}:\n    upstream_timeout: 1s\n    upstream_retries: 1\n",
-        f.mount
+        f.name
     );
     let run = start_proxyd(bin, &f, storage, &extra);
     f.server()
@@ -696,7 +764,7 @@ pub async fn range_and_conditionals(bin: &str, kind: Kind, storage: Storage) {
         bin,
         &f,
         storage,
-        &format!("ecosystems:\n  {}:\n    direct_serve: false\n", f.mount),
+        &format!("ecosystems:\n  {}:\n    direct_serve: false\n", f.name),
     )
     .await;
     let url = format!("{}{}", run.proxyd.url(), f.artifact_path);

@@ -11,6 +11,7 @@ pub mod go_proxy;
 pub mod index_suite;
 pub mod maven_repo;
 pub mod npm_registry;
+pub mod oci_registry;
 pub mod postgres;
 pub mod proxyd;
 pub mod pypi_registry;

@@ -51,6 +51,9 @@ struct State {
     fallback: Option<Arc<Fallback>>,
     /// When set, requests without this `Authorization` value are answered 401.
     authorization: Option<String>,
+    /// When set, an OCI registry's bearer-token gate: the basic credentials `/token` takes,
+    /// and the token it hands out, which every other path requires.
+    bearer: Option<(String, String)>,
     faults: HashMap<String, Fault>,
     hits: HashMap<String, usize>,
     /// Stopped: open connections are closed at their next request.
@@ -138,6 +141,14 @@ impl StaticServer {
             .insert(path.to_owned(), (body.into(), content_type.to_owned()));
     }
 
+    /// Guard every path as an OCI registry with token authentication does: without
+    /// `Authorization: Bearer {token}` a 401 with `WWW-Authenticate: Bearer
+    /// realm="{url}/token",service="testkit"`; `/token` gives the token (JSON, 300 s) to a
+    /// request sending `Authorization: {basic}` and 401 to others.
+    pub fn require_bearer_token(&self, basic: &str, token: &str) {
+        self.state.lock().unwrap().bearer = Some((basic.to_owned(), token.to_owned()));
+    }
+
     /// Answer 401 to every request that does not send `Authorization: {value}`.
     pub fn require_authorization(&self, value: &str) {
         self.state.lock().unwrap().authorization = Some(value.to_owned());
@@ -218,6 +229,36 @@ async fn respond(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> R
     let (fault, route, fallback) = {
         let mut s = state.lock().unwrap();
         *s.hits.entry(path.clone()).or_default() += 1;
+        if let Some((basic, token)) = &s.bearer {
+            let sent = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if path == "/token" {
+                return if sent == Some(basic.as_str()) {
+                    full(
+                        StatusCode::OK,
+                        format!("{{\"token\":\"{token}\",\"expires_in\":300}}"),
+                    )
+                } else {
+                    full(StatusCode::UNAUTHORIZED, "wrong credentials")
+                };
+            }
+            if sent != Some(format!("Bearer {token}").as_str()) {
+                let host = req
+                    .headers()
+                    .get("host")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("127.0.0.1");
+                let mut r = full(StatusCode::UNAUTHORIZED, "token required");
+                if let Ok(v) = http::HeaderValue::from_str(&format!(
+                    "Bearer realm=\"http://{host}/token\",service=\"testkit\""
+                )) {
+                    r.headers_mut().insert("www-authenticate", v);
+                }
+                return r;
+            }
+        }
         if let Some(required) = &s.authorization {
             let sent = req
                 .headers()
