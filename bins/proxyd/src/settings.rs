@@ -882,6 +882,50 @@ mod tests {
     }
 
     #[test]
+    fn go_and_oci_upstreams_from_the_environment_and_the_file() {
+        let (s, warnings) = load(
+            &Flags::default(),
+            &env(&[
+                ("PROXYD_UPSTREAM_GO", "http://127.0.0.1:1/"),
+                ("PROXYD_UPSTREAM_GO_SUMDB", "http://127.0.0.1:2"),
+                ("PROXYD_UPSTREAM_GO_SUMDB_NAME", "sum.test"),
+                ("PROXYD_UPSTREAM_OCI_DEFAULT", "http://127.0.0.1:3"),
+                ("PROXYD_UPSTREAM_OCI_GHCR", "http://127.0.0.1:4"),
+            ]),
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let go = enabled(&s, "go");
+        assert_eq!(
+            go.upstream.as_ref().unwrap().as_str(),
+            "http://127.0.0.1:1/"
+        );
+        assert_eq!(
+            go.more_upstreams[0].as_str(),
+            "http://127.0.0.1:2/",
+            "the database is trusted"
+        );
+        let oci = enabled(&s, "oci");
+        assert_eq!(oci.mount, "v2");
+        assert_eq!(
+            oci.upstream.as_ref().unwrap().as_str(),
+            "http://127.0.0.1:4/"
+        );
+        assert_eq!(oci.more_upstreams[0].as_str(), "http://127.0.0.1:3/");
+        let (_dir, flags) = file(
+            "proxyd.yaml",
+            "upstream:\n  oci:\n    default: http://127.0.0.1:3\n  go: http://127.0.0.1:1\n  go_sumdb_key: nonsense\n",
+        );
+        let err = load(&flags, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("go_sumdb_key"), "{err}");
+        let (_dir, flags) = file(
+            "proxyd.yaml",
+            "upstream:\n  oci:\n    Bad_Name: http://127.0.0.1:3\n",
+        );
+        assert!(load(&flags, &env(&[])).is_err());
+    }
+
+    #[test]
     fn defaults() {
         let (s, warnings) = load(&Flags::default(), &env(&[])).unwrap();
         assert!(warnings.is_empty());
@@ -890,7 +934,7 @@ mod tests {
         assert_eq!(s.storage_url, "file://./data/artifacts");
         assert_eq!(s.direct_serve_ttl, Duration::from_secs(900));
         assert_eq!(s.metadata_ttl, Duration::from_secs(300));
-        assert_eq!(s.ecosystems.len(), 6);
+        assert_eq!(s.ecosystems.len(), 8);
         assert!(
             s.ecosystems.iter().all(|p| match p {
                 Planned::Disabled { .. } => true,

@@ -1,6 +1,7 @@
 //! proxyd-bench: scenarios from docs/performance.md, each measured against a reference in the
 //! same run, printed as a table and written as markdown.
 
+mod clients;
 mod nodes;
 mod peers;
 mod procs;
@@ -161,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
     }
-    for n in 1..=9 {
+    for n in 1..=10 {
         if !wanted(n) {
             continue;
         }
@@ -174,7 +175,8 @@ async fn main() -> anyhow::Result<()> {
             6 => metadata(&env, s).await,
             7 => scale(&env).await,
             8 => reliability(&env, s).await,
-            _ => nodes::two_nodes(&env, s).await,
+            9 => nodes::two_nodes(&env, s).await,
+            _ => clients::real_clients(&env).await,
         };
         match result {
             Ok(new) => {

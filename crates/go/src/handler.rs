@@ -40,7 +40,13 @@ struct SumDb {
 }
 
 fn sumdb_of(config: &GoConfig) -> Result<Option<SumDb>, String> {
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|t| !t.trim().is_empty());
     let Some(text) = config.go_sumdb.as_deref().filter(|t| !t.trim().is_empty()) else {
+        if set(&config.go_sumdb_key) || set(&config.go_sumdb_name) {
+            return Err(
+                "go_sumdb_key and go_sumdb_name need go_sumdb (the checksum database's URL)".into(),
+            );
+        }
         return Ok(None);
     };
     let url = settings::upstream_url(text).map_err(|e| format!("go_sumdb: {e}"))?;
