@@ -256,3 +256,26 @@ async fn unknown_modules_and_prefix_probes_answer_404_and_bad_paths_400() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_not_signed_by_the_configured_key_are_refused() {
+    let up = upstream().await;
+    // The stand-in database beside the proxy answers lookups with an unsigned tree head; the
+    // key is the real database's.
+    let config = format!(
+        "upstream:\n  go: {}\n  go_sumdb: {}\n  go_sumdb_name: {DB_NAME}\n  go_sumdb_key: {}\n",
+        up.proxy.url(),
+        up.proxy.sumdb_url(),
+        up.sumdb.key
+    );
+    let proxyd = ProxydProcess::start(BIN, &config, &[]);
+    let zip = zip_path(&up.modules[0]);
+    let response = reqwest::get(format!("{}/go{zip}", proxyd.url()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let reason = response.text().await.unwrap();
+    assert!(reason.contains("not signed by"), "{reason}");
+    assert_eq!(up.proxy.server.hits(&zip), 0, "nothing fetched unverified");
+    assert_eq!(proxyd.stats().await["cached_artifacts"], 0);
+}

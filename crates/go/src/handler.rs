@@ -10,7 +10,16 @@ use proxyd_ecosystem::{
 
 use crate::hash::{GoModVerifier, ZipVerifier};
 use crate::path::{ModulePath, ModuleVersion};
-use crate::sumdb::{Records, VerifierKey};
+use crate::sumdb::{Records, VerifierKey, tree_of};
+use crate::tlog;
+
+/// Why a record could not be proven in its tree.
+enum Proof {
+    /// A tile could not be fetched.
+    Fetch(FetchFailure),
+    /// The database's answers do not prove it.
+    Wrong(String),
+}
 
 /// Settings of a Go module proxy instance (`upstream.go`, `upstream.go_sumdb`, … or an
 /// `ecosystems.<name>` of kind `go`).
@@ -349,14 +358,78 @@ impl GoProxy {
                     f => f,
                 },
             )?;
-        let (records, note) = Records::parse(&doc.body, &module.path, &version.version)
+        let lookup = Records::lookup(&doc.body, &module.path, &version.version)
             .map_err(FetchFailure::upstream)?;
         if let Some(key) = &sumdb.key {
-            key.verify_note(note).map_err(|e| {
-                FetchFailure::upstream(format!("checksum database lookup of {}: {e}", module.path))
-            })?;
+            let refused = |e: String| {
+                FetchFailure::upstream(format!(
+                    "checksum database lookup of {}@{}: {e}",
+                    module.path, version.version
+                ))
+            };
+            key.verify_note(lookup.note).map_err(refused)?;
+            let (size, root) = tree_of(lookup.note).map_err(refused)?;
+            self.prove(sumdb, lookup.id, lookup.data, size, root)
+                .await
+                .map_err(|e| match e {
+                    Proof::Fetch(f) => f,
+                    Proof::Wrong(e) => refused(e),
+                })?;
         }
-        Ok(records)
+        Ok(lookup.records)
+    }
+
+    /// Prove that record `id` (`data`) is in the tree of `size` leaves whose root is `root`,
+    /// with the database's tiles (kept as documents).
+    async fn prove(
+        &self,
+        sumdb: &SumDb,
+        id: u64,
+        data: &[u8],
+        size: u64,
+        root: tlog::Hash,
+    ) -> Result<(), Proof> {
+        let mut hashes = std::collections::HashMap::new();
+        for subtree in tlog::proof_subtrees(id, size) {
+            let (tile, range) = tlog::Tile::of(subtree, size);
+            let path = tile.path();
+            let request = DocumentRequest {
+                key: &format!("sumdb/{path}"),
+                url: &format!("{}/{path}", sumdb.root),
+                accept: "*/*",
+                check: any_body,
+                headers: None,
+            };
+            let (doc, _) = self
+                .context
+                .documents
+                .get(&request, false)
+                .await
+                .map_err(|e| Proof::Fetch(FetchFailure::from(e)))?;
+            if doc.body.len() as u64 != tile.width * 32 {
+                return Err(Proof::Wrong(format!(
+                    "tile {path} is not {} hashes",
+                    tile.width
+                )));
+            }
+            let piece: Vec<tlog::Hash> = doc.body[range.start * 32..range.end * 32]
+                .chunks(32)
+                .filter_map(|c| c.try_into().ok())
+                .collect();
+            let hash = tlog::hash_up(&piece)
+                .ok_or_else(|| Proof::Wrong(format!("tile {path} is malformed")))?;
+            hashes.insert(subtree, hash);
+        }
+        let computed = tlog::root_with(id, size, tlog::record_hash(data), &|s| {
+            hashes.get(&s).copied()
+        });
+        if computed == Some(root) {
+            Ok(())
+        } else {
+            Err(Proof::Wrong(format!(
+                "record {id} is not in the signed tree of {size} records"
+            )))
+        }
     }
 
     async fn resolve(

@@ -4,6 +4,7 @@ mod handler;
 mod hash;
 mod path;
 mod sumdb;
+mod tlog;
 
 pub use handler::{GoConfig, GoKind, GoOp, GoProxy};
 pub use hash::{h1_of_go_mod, h1_of_zip};

@@ -16,6 +16,39 @@ pub struct Records {
     pub go_mod: Option<String>,
 }
 
+/// A lookup answer, read.
+#[derive(Debug)]
+pub(crate) struct Lookup<'a> {
+    /// The hashes for the module version asked about.
+    pub(crate) records: Records,
+    /// The record's number in the tree.
+    pub(crate) id: u64,
+    /// The record as the tree hashes it (its lines, each ending in a newline).
+    pub(crate) data: &'a [u8],
+    /// The signed tree head.
+    pub(crate) note: &'a [u8],
+}
+
+/// A signed tree head's text: `go.sum database tree`, the tree's size and its root hash.
+pub(crate) fn tree_of(note: &[u8]) -> Result<(u64, [u8; 32]), String> {
+    let text = std::str::from_utf8(note).map_err(|_| "the tree head is not UTF-8")?;
+    let mut lines = text.lines();
+    let (Some("go.sum database tree"), Some(size), Some(root)) =
+        (lines.next(), lines.next(), lines.next())
+    else {
+        return Err("the tree head is not a go.sum database tree".into());
+    };
+    let size = size
+        .parse()
+        .map_err(|_| "the tree head's size is not a number".to_owned())?;
+    let root: [u8; 32] = STANDARD
+        .decode(root)
+        .ok()
+        .and_then(|r| r.try_into().ok())
+        .ok_or("the tree head's root is not a base64 SHA-256")?;
+    Ok((size, root))
+}
+
 impl Records {
     /// Read a lookup answer for `path` at `version`; `Err` when it is not one (cut short, no
     /// signed tree head after the records).
@@ -24,6 +57,14 @@ impl Records {
         path: &str,
         version: &str,
     ) -> Result<(Self, &'a [u8]), String> {
+        Self::lookup(body, path, version).map(|l| (l.records, l.note))
+    }
+
+    pub(crate) fn lookup<'a>(
+        body: &'a [u8],
+        path: &str,
+        version: &str,
+    ) -> Result<Lookup<'a>, String> {
         let text = std::str::from_utf8(body).map_err(|_| "a lookup is UTF-8 text".to_owned())?;
         let (records, note) = text.split_once("\n\n").ok_or(
             "a lookup ends with a signed tree head after a blank line: this one was cut short",
@@ -54,7 +95,12 @@ impl Records {
                 found.go_mod = Some(hash.to_owned());
             }
         }
-        Ok((found, &body[records.len() + 2..]))
+        Ok(Lookup {
+            records: found,
+            id: id.parse().map_err(|_| "the record number is too large")?,
+            data: &body[id.len() + 1..records.len() + 1],
+            note: &body[records.len() + 2..],
+        })
     }
 }
 
