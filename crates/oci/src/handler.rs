@@ -31,6 +31,9 @@ const MAX_MANIFEST: usize = 4 << 20;
 /// a client makes next asks the upstream nothing), in bytes.
 const SEEN_BYTES: u64 = 16 << 20;
 
+/// Blob media types remembered (about 200 bytes each).
+const MAX_BLOB_TYPES: u64 = 50_000;
+
 /// Settings of an OCI instance: `upstream.oci.<name>` (or one URL, the default).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(crate = "proxyd_ecosystem::serde", deny_unknown_fields)]
@@ -132,6 +135,7 @@ impl EcosystemKind for OciKind {
                     u32::try_from(v.1.len() + v.0.len() + 100).unwrap_or(u32::MAX)
                 })
                 .build(),
+            blob_types: moka::sync::Cache::new(MAX_BLOB_TYPES),
             context,
         })
     }
@@ -143,6 +147,9 @@ pub struct OciRegistry {
     tokens: Tokens,
     /// Manifests seen by tag, by digest: content type and bytes.
     seen: moka::sync::Cache<String, Arc<(String, Bytes)>>,
+    /// The media types manifests gave their blobs (config, layers), by digest: what a blob is
+    /// served as (and redirected with).
+    blob_types: moka::sync::Cache<String, Arc<str>>,
     context: EcosystemContext,
 }
 
@@ -251,6 +258,30 @@ fn one_chunk(bytes: Bytes) -> proxyd_ecosystem::SourceFuture {
 }
 
 impl OciRegistry {
+    /// Remember the media types `manifest` gives its config and layers.
+    fn learn_blob_types(&self, manifest: &[u8]) {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(manifest) else {
+            return;
+        };
+        let descriptors = value
+            .get("layers")
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .chain(value.get("config"));
+        for d in descriptors {
+            if let (Some(digest), Some(kind)) = (
+                d.get("digest").and_then(|v| v.as_str()),
+                d.get("mediaType").and_then(|v| v.as_str()),
+            ) && Digest::parse(digest).is_ok()
+                && HeaderValue::from_str(kind).is_ok()
+                && kind.len() <= 200
+            {
+                self.blob_types.insert(digest.to_owned(), Arc::from(kind));
+            }
+        }
+    }
+
     /// Which registry serves `name`: the one named by its first segment, else `default`.
     fn target(&self, name: &str) -> Result<Target, Refusal> {
         if let Some((first, rest)) = name.split_once('/')
@@ -350,6 +381,7 @@ impl OciRegistry {
         }
         let kind = media_type(doc.content_type.as_deref(), &doc.body);
         let digest = Digest::sha256_of(&doc.body);
+        self.learn_blob_types(&doc.body);
         self.seen.insert(
             digest.to_string(),
             Arc::new((kind.clone(), doc.body.clone())),
@@ -431,6 +463,7 @@ impl OciRegistry {
                 digest.algorithm
             )));
         }
+        self.learn_blob_types(&body);
         let spec = ArtifactSpec {
             key,
             ecosystem: self.context.instance,
@@ -469,7 +502,10 @@ impl OciRegistry {
             name: target.repository.clone(),
             version: digest.to_string(),
             filename: digest.hex.clone(),
-            content_type: "application/octet-stream".into(),
+            content_type: self
+                .blob_types
+                .get(&digest.to_string())
+                .map_or_else(|| "application/octet-stream".to_owned(), |t| t.to_string()),
             upstream_url: format!(
                 "{}/v2/{}/blobs/{digest}",
                 self.root(&target),
