@@ -14,7 +14,7 @@ use std::time::Duration;
 mod common;
 
 use common::{BIN, Backend, storage};
-use proxyd_testkit::oci_registry::{DistributionRegistry, Image};
+use proxyd_testkit::oci_registry::{DistributionRegistry, Image, skopeo_copy};
 use proxyd_testkit::proxyd::ProxydProcess;
 
 const REPOSITORY: &str = "demo/hello";
@@ -45,17 +45,8 @@ fn host_of(url: &str) -> String {
 /// digests of the blobs it wrote.
 fn skopeo_pull(reference: &str) -> Result<Vec<String>, String> {
     let work = tempfile::tempdir().unwrap();
-    let conf = work.path().join("registries.conf");
-    std::fs::write(&conf, "unqualified-search-registries = []\n").unwrap();
     let layout = work.path().join("layout");
-    run(Command::new("skopeo")
-        .env("HOME", work.path())
-        .arg("--insecure-policy")
-        .arg("--registries-conf")
-        .arg(&conf)
-        .args(["copy", "-q", "--src-tls-verify=false"])
-        .arg(format!("docker://{reference}"))
-        .arg(format!("oci:{}:pulled", layout.display())))?;
+    skopeo_copy(reference, &layout)?;
     let blobs = std::fs::read_dir(layout.join("blobs/sha256"))
         .unwrap()
         .flatten()

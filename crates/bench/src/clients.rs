@@ -4,10 +4,11 @@
 //! proxyd holding everything). The figure is a speed ratio: the direct time over proxyd's.
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 use proxyd_testkit::go_proxy::{GoModule, GoProxyServer, SumDbProcess, write_dir};
-use proxyd_testkit::oci_registry::{DistributionRegistry, Image};
+use proxyd_testkit::oci_registry::{DistributionRegistry, Image, skopeo_copy};
 
 use crate::peers::Env;
 use crate::{Row, median};
@@ -50,21 +51,9 @@ fn go_mod_download(goproxy: &str, gosumdb: &str) -> anyhow::Result<f64> {
 /// skopeo copying `reference` into a fresh OCI layout.
 fn skopeo_pull(reference: &str) -> anyhow::Result<f64> {
     let work = tempfile::tempdir()?;
-    let conf = work.path().join("registries.conf");
-    std::fs::write(&conf, "unqualified-search-registries = []\n")?;
-    timed(
-        Command::new("skopeo")
-            .env("HOME", work.path())
-            .arg("--insecure-policy")
-            .arg("--registries-conf")
-            .arg(&conf)
-            .args(["copy", "-q", "--src-tls-verify=false"])
-            .arg(format!("docker://{reference}"))
-            .arg(format!(
-                "oci:{}:pulled",
-                work.path().join("layout").display()
-            )),
-    )
+    let start = Instant::now();
+    skopeo_copy(reference, &work.path().join("layout")).map_err(anyhow::Error::msg)?;
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
 }
 
 fn speed_row(name: &str, rounds: &[(f64, f64)]) -> Row {
@@ -87,36 +76,50 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
-async fn go_rows(env: &Env) -> anyhow::Result<Vec<Row>> {
-    let modules = GoModule::genuine();
-    let dir = tempfile::tempdir()?;
-    write_dir(&modules, dir.path());
-    let sumdb = SumDbProcess::start(dir.path(), "sum.proxyd.test");
-    let upstream = GoProxyServer::start(&modules).await;
+/// A timed client run: against the upstream (`None`) or through the proxyd at this URL.
+type Pull = Arc<dyn Fn(Option<&str>) -> anyhow::Result<f64> + Send + Sync>;
+
+/// `ROUNDS` rounds, each with a fresh proxyd on `yaml`: `pull` directly, then twice through
+/// proxyd (cold, warm); the (proxyd, direct) times of the cold pulls and of the warm ones.
+async fn rounds(env: &Env, yaml: &str, pull: Pull) -> anyhow::Result<[Vec<(f64, f64)>; 2]> {
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        let yaml = format!(
-            "upstream:\n  go: {}\n  go_sumdb: {}\n  go_sumdb_name: {}\n  go_sumdb_key: {}\n",
-            upstream.url(),
-            sumdb.url,
-            sumdb.name,
-            sumdb.key
-        );
-        let proxyd = env.proxyd(&yaml, &[])?;
-        let through = format!("{}/go", proxyd.url());
-        let key = sumdb.key.clone();
-        let direct_sumdb = format!("{} {}", sumdb.key, sumdb.url);
-        let up = upstream.url();
+        let proxyd = env.proxyd(yaml, &[])?;
+        let (url, pull) = (proxyd.url(), pull.clone());
         let (c, w, d) = blocking(move || {
-            let direct = go_mod_download(&up, &direct_sumdb)?;
-            let cold = go_mod_download(&through, &key)?;
-            let warm = go_mod_download(&through, &key)?;
+            let direct = pull(None)?;
+            let cold = pull(Some(&url))?;
+            let warm = pull(Some(&url))?;
             Ok((cold, warm, direct))
         })
         .await?;
         cold.push((c, d));
         warm.push((w, d));
     }
+    Ok([cold, warm])
+}
+
+async fn go_rows(env: &Env) -> anyhow::Result<Vec<Row>> {
+    let modules = GoModule::genuine();
+    let dir = tempfile::tempdir()?;
+    write_dir(&modules, dir.path());
+    let sumdb = SumDbProcess::start(dir.path(), "sum.proxyd.test");
+    let upstream = GoProxyServer::start(&modules).await;
+    let yaml = format!(
+        "upstream:\n  go: {}\n  go_sumdb: {}\n  go_sumdb_name: {}\n  go_sumdb_key: {}\n",
+        upstream.url(),
+        sumdb.url,
+        sumdb.name,
+        sumdb.key
+    );
+    let (up, key, db) = (upstream.url(), sumdb.key.clone(), sumdb.url.clone());
+    // Direct: the database named with its URL; through proxyd: by its key alone, so the go
+    // command reaches it through proxyd's /go/sumdb/.
+    let pull: Pull = Arc::new(move |proxyd| match proxyd {
+        None => go_mod_download(&up, &format!("{key} {db}")),
+        Some(proxyd) => go_mod_download(&format!("{proxyd}/go"), &key),
+    });
+    let [cold, warm] = rounds(env, &yaml, pull).await?;
     Ok(vec![
         speed_row(
             "10a. go mod download, cold through proxyd (speed vs direct)",
@@ -130,22 +133,16 @@ async fn oci_rows(env: &Env) -> anyhow::Result<Vec<Row>> {
     let registry = DistributionRegistry::start().await;
     let image = Image::demo("bench", 24 << 20);
     registry.push("demo/hello", "1.0", &image).await;
-    let (mut cold, mut warm) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let yaml = format!("upstream:\n  oci:\n    local: {}\n", registry.url());
-        let proxyd = env.proxyd(&yaml, &[])?;
-        let through = format!("127.0.0.1:{}/local/demo/hello:1.0", proxyd.port);
-        let direct = format!("{}/demo/hello:1.0", registry.host());
-        let (c, w, d) = blocking(move || {
-            let direct = skopeo_pull(&direct)?;
-            let cold = skopeo_pull(&through)?;
-            let warm = skopeo_pull(&through)?;
-            Ok((cold, warm, direct))
-        })
-        .await?;
-        cold.push((c, d));
-        warm.push((w, d));
-    }
+    let yaml = format!("upstream:\n  oci:\n    local: {}\n", registry.url());
+    let host = registry.host();
+    let pull: Pull = Arc::new(move |proxyd| match proxyd {
+        None => skopeo_pull(&format!("{host}/demo/hello:1.0")),
+        Some(proxyd) => skopeo_pull(&format!(
+            "{}/local/demo/hello:1.0",
+            proxyd.trim_start_matches("http://")
+        )),
+    });
+    let [cold, warm] = rounds(env, &yaml, pull).await?;
     Ok(vec![
         speed_row(
             "10c. image pull (skopeo, 3 layers, 24 MiB), cold through proxyd",

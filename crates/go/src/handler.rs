@@ -198,6 +198,9 @@ pub enum GoOp {
     },
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
 /// `@v/list` is one version per line: a line cut short is not a version.
 fn list_body(body: &[u8]) -> Result<(), String> {
     let text = std::str::from_utf8(body).map_err(|_| "a version list is UTF-8 text")?;
@@ -296,6 +299,18 @@ impl GoProxy {
                 })
             }
         }
+    }
+
+    /// The upstream proxy's document at `path` (`{module}/@v/list`, `{module}/@latest`, …).
+    async fn proxy_document(
+        &self,
+        path: &str,
+        check: DocumentCheck,
+        content_type: &'static str,
+    ) -> Reply {
+        let url = format!("{}/{path}", self.upstream);
+        self.document(&format!("proxy/{path}"), &url, check, content_type)
+            .await
     }
 
     fn sumdb(&self) -> Result<&SumDb, FetchFailure> {
@@ -555,38 +570,17 @@ impl Ecosystem for GoProxy {
 
     async fn handle(self: Arc<Self>, op: GoOp, _request: EcosystemRequest<'_>) -> Reply {
         match op {
-            GoOp::List(module) => {
-                let url = format!("{}/{}/@v/list", self.upstream, module.escaped);
-                self.document(
-                    &format!("list/{}", module.escaped),
-                    &url,
-                    list_body,
-                    "text/plain; charset=utf-8",
-                )
-                .await
+            GoOp::List(m) => {
+                self.proxy_document(&format!("{}/@v/list", m.escaped), list_body, TEXT)
+                    .await
             }
-            GoOp::Latest(module) => {
-                let url = format!("{}/{}/@latest", self.upstream, module.escaped);
-                self.document(
-                    &format!("latest/{}", module.escaped),
-                    &url,
-                    json_body,
-                    "application/json",
-                )
-                .await
+            GoOp::Latest(m) => {
+                self.proxy_document(&format!("{}/@latest", m.escaped), json_body, JSON)
+                    .await
             }
-            GoOp::Query(module, version) => {
-                let url = format!(
-                    "{}/{}/@v/{}.info",
-                    self.upstream, module.escaped, version.escaped
-                );
-                self.document(
-                    &format!("query/{}@{}", module.escaped, version.escaped),
-                    &url,
-                    json_body,
-                    "application/json",
-                )
-                .await
+            GoOp::Query(m, v) => {
+                let path = format!("{}/@v/{}.info", m.escaped, v.escaped);
+                self.proxy_document(&path, json_body, JSON).await
             }
             GoOp::SumDbSupported => Reply::Document(DocumentReply::new(
                 HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -14,6 +14,32 @@ use sha2::{Digest, Sha256};
 const SETUP_HINT: &str = "install Debian's docker-registry, skopeo, podman and docker.io \
      (scripts/test does)";
 
+/// skopeo copying `reference` (`HOST/repository:tag`, plain http allowed) into a new OCI
+/// layout at `layout`, with its own configuration (no system registries, any signature
+/// accepted); the error names skopeo's output.
+pub fn skopeo_copy(reference: &str, layout: &std::path::Path) -> Result<(), String> {
+    let conf = layout.with_extension("registries.conf");
+    std::fs::write(&conf, "unqualified-search-registries = []\n").map_err(|e| e.to_string())?;
+    let output = Command::new("skopeo")
+        .env("HOME", layout.parent().unwrap_or(layout))
+        .arg("--insecure-policy")
+        .arg("--registries-conf")
+        .arg(&conf)
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:pulled", layout.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run skopeo ({e}): {SETUP_HINT}"));
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "skopeo copy {reference} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
 /// `sha256:` and the hex digest of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
