@@ -256,6 +256,7 @@ async fn serve(
         entry_cache_bytes: settings.database_cache_size,
         fetch_lease: settings.fetch_lease,
         verify_interval: settings.verify_interval,
+        interrupted_age: settings.interrupted_age,
         // A presigned URL handed out before an eviction stays good for its whole life, also
         // one another node handed out from an entry it kept in memory (for at most half the
         // grace) before it saw the mark: objects go two URL lifetimes after their mark.

@@ -32,6 +32,7 @@ pub(crate) struct Settings {
     pub(crate) direct_serve_ttl: Duration,
     pub(crate) direct_serve_base_url: Option<String>,
     pub(crate) verify_interval: Duration,
+    pub(crate) interrupted_age: Duration,
     pub(crate) hot_cache_size: u64,
     pub(crate) hot_cache_max_object: u64,
     pub(crate) database: Database,
@@ -103,6 +104,7 @@ const SCALAR_KEYS: &[&str] = &[
     "storage.direct_serve_ttl",
     "storage.direct_serve_base_url",
     "storage.verify_interval",
+    "storage.interrupted_age",
     "storage.hot_cache_size",
     "storage.hot_cache_max_object",
     "database.driver",
@@ -499,6 +501,8 @@ pub(crate) fn load(
     let direct_serve_base_url = text("storage.direct_serve_base_url");
     let vi_raw = parse("storage.verify_interval", &mut problems);
     let verify_interval = duration("storage.verify_interval", vi_raw, "10m", &mut problems);
+    let ia_raw = parse("storage.interrupted_age", &mut problems);
+    let interrupted_age = duration("storage.interrupted_age", ia_raw, "1h", &mut problems);
     let size = |key: &str, default: u64, problems: &mut Vec<String>| {
         parse(key, problems)
             .map_or(Ok(default), |raw| parse_size(&raw))
@@ -685,6 +689,7 @@ pub(crate) fn load(
             direct_serve_ttl,
             direct_serve_base_url,
             verify_interval,
+            interrupted_age,
             hot_cache_size,
             hot_cache_max_object,
             database,
@@ -764,6 +769,10 @@ impl Settings {
             format!(
                 "storage.verify_interval = {}s",
                 self.verify_interval.as_secs()
+            ),
+            format!(
+                "storage.interrupted_age = {}s",
+                self.interrupted_age.as_secs()
             ),
             format!("storage.hot_cache_size = {} bytes", self.hot_cache_size),
             format!(

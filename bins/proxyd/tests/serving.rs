@@ -860,12 +860,16 @@ async fn an_endless_upstream_body_ends_at_the_deadline_with_nothing_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_download_on_s3_leaves_no_object_after_restart() {
-    // Large enough for a multipart upload; the upstream stalls halfway, then proxyd is killed.
-    let pkg = Package::new("crashing-s3", "1.0.0").padded(24_000_000);
+    // Large enough for a multipart upload with a part sent before the upstream stalls halfway
+    // (a tarball of about 24 MB; parts are 8 MiB), then proxyd is killed.
+    let pkg = Package::new("crashing-s3", "1.0.0").padded(40_000_000);
     let registry = NpmRegistry::start(std::slice::from_ref(&pkg)).await;
     registry.set_fault(&NpmRegistry::tarball_path(&pkg), Fault::StallMidBody);
-    let (s3, _gate, mut proxyd) =
-        behind_a_gate(&format!("upstream:\n  npm: {}\n", registry.url())).await;
+    let (s3, _gate, mut proxyd) = behind_a_gate(&format!(
+        "  interrupted_age: 1s\nupstream:\n  npm: {}\n",
+        registry.url()
+    ))
+    .await;
     let url = tarball_url(&proxyd, &pkg);
     let mut resp = client().get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -878,6 +882,26 @@ async fn a_crash_mid_download_on_s3_leaves_no_object_after_restart() {
             .expect("bytes before the stall")
             .len();
     }
+    // What the upload leaves while it runs: its parts (s3s-fs keeps them beside the buckets)
+    // and the note proxyd made of it.
+    let parts = || {
+        std::fs::read_dir(s3.data_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
+            .count()
+    };
+    let notes = || {
+        std::fs::read_dir(s3.data_dir().join("artifacts/.proxyd-uploads"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    for _ in 0..100 {
+        if parts() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     proxyd.kill(); // SIGKILL with a multipart upload in progress
     drop(resp);
     let object = s3
@@ -887,11 +911,22 @@ async fn a_crash_mid_download_on_s3_leaves_no_object_after_restart() {
         !object.exists(),
         "no object while the upload was unfinished"
     );
+    assert!(parts() > 0, "the killed upload's parts are there");
+    assert_eq!(notes(), 1, "and its note");
+    tokio::time::sleep(Duration::from_millis(1_100)).await; // older than interrupted_age
     registry.set_fault(
         &NpmRegistry::tarball_path(&pkg),
         Fault::Delay(Duration::ZERO),
     );
     proxyd.restart();
+    for _ in 0..100 {
+        if parts() == 0 && notes() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(parts(), 0, "start-up aborted the interrupted upload");
+    assert_eq!(notes(), 0, "and removed its note");
     assert_eq!(
         proxyd.stats().await["cached_artifacts"],
         0,

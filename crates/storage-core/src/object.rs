@@ -133,10 +133,11 @@ pub trait Storage: Signer {
     /// Remove `key`; an absent key is not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<()>;
 
-    /// Remove what interrupted puts of earlier processes left behind (temporary files), and
-    /// anything of the kind older than `older_than` where the backend cannot tell whose it is.
-    /// Returns how many were removed. Backends whose service expires such leftovers itself
-    /// (S3 with a lifecycle rule, Azure's uncommitted blocks) remove nothing.
+    /// Remove what interrupted puts of earlier processes left behind (temporary files, S3
+    /// multipart uploads, Azure's uncommitted blocks): what the backend can tell is dead, and
+    /// anything of the kind older than `older_than` where it cannot tell whose it is (shared
+    /// storage: another node's upload may be running). Returns how many were removed. The
+    /// default removes nothing.
     async fn remove_interrupted(&self, older_than: std::time::Duration) -> Result<u64> {
         let _ = older_than;
         Ok(0)

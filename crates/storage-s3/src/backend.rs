@@ -25,6 +25,17 @@ use crate::signer::PresignState;
 /// Read buffer for streamed gets.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Where each multipart upload in progress is noted (one small object per upload, named by
+/// its upload id in hex, holding the key): a process killed mid-upload leaves its note, and
+/// start-up aborts the upload it names. Not a valid object key (a segment starting with `.`),
+/// so no artifact can collide with it and listings skip it. Needs nothing of the service but
+/// plain puts and listings (s3s-fs, for one, has no ListMultipartUploads).
+const UPLOAD_NOTES: &str = ".proxyd-uploads/";
+
+fn upload_note(upload_id: &str) -> String {
+    format!("{UPLOAD_NOTES}{}", hex::encode(upload_id))
+}
+
 /// A storage backend on an S3 bucket (AWS or any S3-compatible service).
 #[derive(Clone)]
 pub struct S3Storage {
@@ -161,6 +172,15 @@ impl S3Storage {
             key: key.as_str().to_owned(),
             upload_id: Some(upload_id.clone()),
         };
+        inner
+            .client
+            .put_object()
+            .bucket(&inner.bucket)
+            .key(upload_note(&upload_id))
+            .body(SdkBody::from(key.as_str().as_bytes().to_vec()))
+            .send()
+            .await
+            .map_err(|e| map_sdk_error("put", Some(key.as_str()), e))?;
         let mut parts = Vec::new();
         let mut next = Some(first);
         let mut number = 1;
@@ -206,6 +226,7 @@ impl S3Storage {
             .await
             .map_err(|e| map_sdk_error("put", Some(key.as_str()), e))?;
         guard.upload_id = None;
+        delete_note(&inner.client, &inner.bucket, &upload_id).await;
         Ok(done.e_tag)
     }
 }
@@ -235,12 +256,30 @@ impl Drop for AbortGuard {
             .abort_multipart_upload()
             .bucket(&self.bucket)
             .key(&self.key)
-            .upload_id(upload_id);
+            .upload_id(upload_id.clone());
+        let (client, bucket) = (self.client.clone(), self.bucket.clone());
         runtime.spawn(async move {
-            if let Err(err) = request.send().await {
-                tracing::warn!(error = %err, "could not abort an unfinished multipart upload");
+            match request.send().await {
+                Ok(_) => delete_note(&client, &bucket, &upload_id).await,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not abort an unfinished multipart upload");
+                }
             }
         });
+    }
+}
+
+/// Remove the note of an upload that completed or was aborted (a note left behind only makes
+/// start-up abort an upload that is already gone).
+async fn delete_note(client: &Client, bucket: &str, upload_id: &str) {
+    if let Err(err) = client
+        .delete_object()
+        .bucket(bucket)
+        .key(upload_note(upload_id))
+        .send()
+        .await
+    {
+        tracing::debug!(error = %err, "could not remove a multipart upload's note");
     }
 }
 
@@ -372,6 +411,74 @@ impl Storage for S3Storage {
                 if err.is_not_found() { Ok(()) } else { Err(err) }
             }
         }
+    }
+
+    /// Abort the multipart uploads whose notes are older than `older_than` (their process died
+    /// mid-upload), and remove the notes.
+    async fn remove_interrupted(&self, older_than: std::time::Duration) -> Result<u64> {
+        let inner = &self.inner;
+        let mut pages = inner
+            .client
+            .list_objects_v2()
+            .bucket(&inner.bucket)
+            .prefix(UPLOAD_NOTES)
+            .into_paginator()
+            .send();
+        let mut removed = 0;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_sdk_error("list", None, e))?;
+            for note in page.contents() {
+                let (Some(name), Some(modified)) =
+                    (note.key(), to_system_time(note.last_modified()))
+                else {
+                    continue;
+                };
+                if modified.elapsed().unwrap_or_default() < older_than {
+                    continue; // may be an upload still running, here or on another node
+                }
+                let Some(upload_id) = name
+                    .strip_prefix(UPLOAD_NOTES)
+                    .and_then(|h| hex::decode(h).ok())
+                    .and_then(|b| String::from_utf8(b).ok())
+                else {
+                    continue;
+                };
+                let key = inner
+                    .client
+                    .get_object()
+                    .bucket(&inner.bucket)
+                    .key(name)
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk_error("get", Some(name), e))?
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Temporary, "get", e.to_string()))?
+                    .into_bytes();
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let aborted = inner
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&inner.bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk_error("abort", Some(&key), e));
+                match aborted {
+                    Ok(_) => removed += 1,
+                    // Already completed or aborted: only the note is left.
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "could not abort an interrupted multipart upload");
+                        continue;
+                    }
+                }
+                delete_note(&inner.client, &inner.bucket, &upload_id).await;
+            }
+        }
+        Ok(removed)
     }
 
     fn list(&self, prefix: &str) -> ObjectStream {
