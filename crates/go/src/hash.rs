@@ -106,7 +106,9 @@ impl Verifier for GoModVerifier {
 
 /// Checks a module zip against its `h1:` hash: the bytes are kept (in memory, then in a
 /// temporary file past 8 MiB) as they stream, and the zip is read when the last one arrived.
-/// A zip's directory is at its end, so it cannot be checked earlier.
+/// A zip's directory is at its end, so it cannot be checked earlier. Writing to the temporary
+/// file is a plain write of each chunk (the page cache takes it); reading back and hashing is
+/// moved off the runtime's worker.
 pub(crate) struct ZipVerifier {
     expected: String,
     spool: Option<tempfile::SpooledTempFile>,
@@ -161,7 +163,7 @@ impl Verifier for ZipVerifier {
         spool
             .seek(SeekFrom::Start(0))
             .map_err(|e| format!("could not be read back for checking: {e}"))?;
-        match h1_of_zip(spool) {
+        match off_the_runtime(|| h1_of_zip(spool)) {
             Ok(got) if got == self.expected => Ok(()),
             Ok(got) => Err(format!(
                 "does not match its declared h1 digest (the checksum database says {}, the files hash to {got})",
@@ -169,6 +171,15 @@ impl Verifier for ZipVerifier {
             )),
             Err(e) => Err(format!("does not match its declared h1 digest ({e})")),
         }
+    }
+}
+
+/// Run `work` (reading back and hashing a zip of up to 500 MiB) where it does not hold up the
+/// other tasks of a multi-threaded runtime's worker; inline anywhere else.
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
