@@ -832,7 +832,18 @@ impl Settings {
                     } else {
                         format!("ecosystems.{}.upstream", spec.name)
                     };
-                    lines.push(format!("{key} = {upstream}"));
+                    let more: Vec<String> = spec
+                        .more_upstreams
+                        .iter()
+                        .map(|u| redact_url(u.as_str().trim_end_matches('/')))
+                        .collect();
+                    if more.is_empty() {
+                        lines.push(format!("{key} = {upstream}"));
+                    } else {
+                        // Maven's further repositories, OCI's other registries, Go's checksum
+                        // database: all trusted by the egress rule.
+                        lines.push(format!("{key} = {upstream} (also {})", more.join(", ")));
+                    }
                     lines.push(format!(
                         "ecosystems.{} = kind {}, mount /{}/, direct_serve {}, upstream timeout {}s, deadline {}s, retries {}, concurrency {}",
                         spec.name,
