@@ -4,10 +4,10 @@ use std::sync::Arc;
 use proxyd_ecosystem::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use proxyd_ecosystem::serde::{Deserialize, Deserializer};
 use proxyd_ecosystem::{
-    ArtifactSpec, Bytes, DocumentReply, DocumentRequest, Ecosystem, EcosystemContext,
-    EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure, FreshnessRule, ObjectKey,
-    Refusal, Reply, StoredReply, UpstreamError, UpstreamResponse, Url, json_body, read_only,
-    serde_json, settings,
+    ArtifactSpec, Bytes, Document, DocumentReply, DocumentRequest, Ecosystem, EcosystemContext,
+    EcosystemKind, EcosystemRequest, ExpectedDigest, Fetch, FetchFailure, Freshness, FreshnessRule,
+    ObjectKey, Refusal, Reply, StoredReply, UpstreamError, UpstreamResponse, Url, json_body,
+    read_only, serde_json, settings,
 };
 
 use crate::auth::Tokens;
@@ -339,16 +339,49 @@ impl OciRegistry {
         }
     }
 
+    /// The headers authorizing the upstream request of document `key`: none when the kept copy
+    /// is fresh (no upstream request follows, so no token is asked for on a hit); the token
+    /// service's failure too, kept to be answered only if the document cannot be had without
+    /// it (the kept copy is then served stale, as for any upstream failure).
+    async fn document_auth(&self, target: &Target, key: &str) -> (HeaderMap, Option<FetchFailure>) {
+        if self.context.documents.fresh(key).is_some() {
+            return (HeaderMap::new(), None);
+        }
+        match self.auth(target).await {
+            Ok(headers) => (headers, None),
+            Err(failure) => (HeaderMap::new(), Some(failure)),
+        }
+    }
+
+    /// Document `key` from `url`, authorized as [`Self::document_auth`] says.
+    async fn authorized_document(
+        &self,
+        target: &Target,
+        key: &str,
+        url: &str,
+        accept: &str,
+    ) -> Result<(Arc<Document>, Freshness), Reply> {
+        let (headers, auth_failure) = self.document_auth(target, key).await;
+        let request = DocumentRequest {
+            key,
+            url,
+            accept,
+            check: json_body,
+            headers: Some(&headers),
+        };
+        self.context
+            .documents
+            .get(&request, false)
+            .await
+            .map_err(|e| {
+                self.note_refusal(target, &e);
+                auth_failure.unwrap_or_else(|| FetchFailure::from(e)).into()
+            })
+    }
+
     async fn manifest_by_tag(&self, target: Target, tag: String, headers: &HeaderMap) -> Reply {
         let types = accepted(headers);
-        let mut request_headers = match self.auth(&target).await {
-            Ok(h) => h,
-            Err(f) => return f.into(),
-        };
         let accept = types.join(", ");
-        if let Ok(v) = HeaderValue::from_str(&accept) {
-            request_headers.insert(header::ACCEPT, v);
-        }
         let variant: String = MANIFEST_TYPES
             .iter()
             .map(|t| if types.contains(t) { '1' } else { '0' })
@@ -362,33 +395,25 @@ impl OciRegistry {
             self.root(&target),
             target.repository
         );
-        let request = DocumentRequest {
-            key: &key,
-            url: &url,
-            accept: &accept,
-            check: json_body,
-            headers: Some(&request_headers),
-        };
-        let (doc, freshness) = match self.context.documents.get(&request, false).await {
+        let (doc, freshness) = match self.authorized_document(&target, &key, &url, &accept).await {
             Ok(found) => found,
-            Err(e) => {
-                self.note_refusal(&target, &e);
-                return FetchFailure::from(e).into();
-            }
+            Err(reply) => return reply,
         };
         if doc.body.len() > MAX_MANIFEST {
             return Refusal::upstream("the upstream manifest is larger than 4 MiB").into();
         }
-        let kind = media_type(doc.content_type.as_deref(), &doc.body);
-        let digest = Digest::sha256_of(&doc.body);
-        self.learn_blob_types(&doc.body);
-        self.seen.insert(
-            digest.to_string(),
-            Arc::new((kind.clone(), doc.body.clone())),
-        );
+        // Rendered once per manifest, not per request: its digest, media type, and what it
+        // teaches about its blobs.
         self.context
             .documents
             .reply(&key, "", &doc, freshness, |doc| {
+                let kind = media_type(doc.content_type.as_deref(), &doc.body);
+                let digest = Digest::sha256_of(&doc.body);
+                self.learn_blob_types(&doc.body);
+                self.seen.insert(
+                    digest.to_string(),
+                    Arc::new((kind.clone(), doc.body.clone())),
+                );
                 let content_type = HeaderValue::from_str(&kind)
                     .map_err(|_| "the manifest's media type is not a header value".to_owned())?;
                 let digest = HeaderValue::from_str(&digest.to_string())
@@ -533,25 +558,17 @@ impl OciRegistry {
     }
 
     async fn tags(&self, target: Target) -> Reply {
-        let headers = match self.auth(&target).await {
-            Ok(h) => h,
-            Err(f) => return f.into(),
-        };
         let key = format!(
             "tags/{}/{}",
             self.registries[target.upstream].name, target.repository
         );
         let url = format!("{}/v2/{}/tags/list", self.root(&target), target.repository);
-        let request = DocumentRequest {
-            key: &key,
-            url: &url,
-            accept: "application/json",
-            check: json_body,
-            headers: Some(&headers),
-        };
-        let (doc, freshness) = match self.context.documents.get(&request, false).await {
+        let (doc, freshness) = match self
+            .authorized_document(&target, &key, &url, "application/json")
+            .await
+        {
             Ok(found) => found,
-            Err(e) => return FetchFailure::from(e).into(),
+            Err(reply) => return reply,
         };
         self.context
             .documents
