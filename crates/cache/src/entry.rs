@@ -59,6 +59,8 @@ pub struct ArtifactEntry {
     pub(crate) last_access: AtomicU64,
     pub(crate) dirty: AtomicBool,
     pub(crate) rendered: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// Its ecosystem's hit counters, found at the first hit (no map lookup on the next).
+    pub(crate) counters: OnceLock<std::sync::Arc<crate::cache::Counters>>,
 }
 
 impl ArtifactEntry {
@@ -132,6 +134,7 @@ mod tests {
             last_access: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             rendered: OnceLock::new(),
+            counters: OnceLock::new(),
         }
     }
 

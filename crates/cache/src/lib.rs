@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod cache;
+pub mod clock;
 mod digest;
 mod entry;
 mod error;
