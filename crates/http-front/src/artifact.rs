@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
-use proxyd_cache::{ArtifactEntry, CacheError, Fetched};
+use proxyd_cache::{ArtifactEntry, CacheError, Fetched, clock};
 use proxyd_ecosystem::{
     ArtifactSpec, Fetch, FreshnessRule, Refusal, Resolver, SourceFuture, StoredReply,
 };
@@ -52,12 +52,13 @@ impl Clone for Rendered {
     }
 }
 
-/// A presigned URL as a `Location` value, with when it was signed and when it expires.
+/// A presigned URL as a `Location` value, with until when it is handed out again and when it
+/// expires, in [`clock::monotonic_millis`] (a redirect reads the coarse clock once).
 #[derive(Clone)]
 struct Signed {
     location: HeaderValue,
-    signed_at: std::time::Instant,
-    expires_at: SystemTime,
+    reuse_until_ms: u64,
+    expires_ms: u64,
 }
 
 /// How long one presigned URL is handed out again, at most: an eighth of its lifetime, and
@@ -211,6 +212,8 @@ fn streaming_response(asker: Asker<'_>, fetched: Fetched, filename: &str) -> Res
 #[derive(Clone, Copy)]
 pub(crate) struct Asker<'a> {
     pub(crate) ecosystem: &'static str,
+    /// The instance's count of redirects to storage.
+    pub(crate) redirects: &'a metrics::Counter,
     pub(crate) wants_redirects: bool,
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
@@ -223,6 +226,7 @@ impl Front {
         self: &Arc<Self>,
         ecosystem: &'static str,
         wants_redirects: bool,
+        redirects: &metrics::Counter,
         method: &Method,
         headers: &HeaderMap,
         stored: StoredReply,
@@ -236,6 +240,7 @@ impl Front {
         } = stored;
         let asker = Asker {
             ecosystem,
+            redirects,
             wants_redirects: wants_redirects && !never_redirect,
             method,
             headers,
@@ -349,7 +354,8 @@ impl Front {
         }
         match self.redirect_plan(asker.wants_redirects) {
             Some(true) => {
-                if let Some(response) = self.redirect(asker.ecosystem, entry).await {
+                if let Some(response) = self.redirect(asker.ecosystem, asker.redirects, entry).await
+                {
                     return Ok(response);
                 }
             }
@@ -363,28 +369,28 @@ impl Front {
     async fn redirect(
         &self,
         ecosystem: &'static str,
+        redirects: &metrics::Counter,
         entry: &ArtifactEntry,
     ) -> Option<Response<Body>> {
         let ttl = self.direct_serve_ttl();
         let rendered = rendered(entry);
-        let reuse_for = (ttl / 8).min(REUSE_SIGNED_FOR);
+        let mut now_ms = clock::monotonic_millis();
         let young = rendered
             .signed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .filter(|s| s.signed_at.elapsed() < reuse_for);
+            .filter(|s| now_ms < s.reuse_until_ms);
         let signed = match young {
             Some(signed) => signed,
-            None => self.sign(ecosystem, entry, &rendered, ttl).await?,
+            None => {
+                let signed = self.sign(ecosystem, entry, &rendered, ttl).await?;
+                now_ms = clock::monotonic_millis();
+                signed
+            }
         };
-        self.direct_serve_counter(ecosystem, "redirect")
-            .increment(1);
-        let lifetime = signed
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-            .min(ttl);
+        redirects.increment(1);
+        let lifetime = Duration::from_millis(signed.expires_ms.saturating_sub(now_ms)).min(ttl);
         let mut response = Response::new(body::empty());
         *response.status_mut() = StatusCode::FOUND;
         let h = response.headers_mut();
@@ -394,7 +400,7 @@ impl Front {
             header::CACHE_CONTROL,
             self.redirect_cache_control(lifetime.as_secs() / 2),
         );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        // hyper writes `content-length: 0` for the empty body.
         Some(response)
     }
 
@@ -409,7 +415,7 @@ impl Front {
     ) -> Option<Signed> {
         let overrides =
             ResponseOverrides::new(Some(&entry.content_type), Some(&rendered.disposition_text));
-        let signed_at = std::time::Instant::now();
+        let signed_at_ms = clock::monotonic_millis();
         match self
             .cache
             .storage()
@@ -418,14 +424,22 @@ impl Front {
         {
             Ok(url) => {
                 tracing::debug!(key = %entry.key, location = %url.redacted(), "redirecting to storage");
-                let expires_at = url.expires_at();
+                // The URL's wall-clock expiry on the monotonic clock.
+                let left = url
+                    .expires_at()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                let expires_ms = clock::monotonic_millis()
+                    .saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
                 // Emitted byte for byte as signed (moved, not copied, into the header).
                 let location =
                     HeaderValue::from_maybe_shared(bytes::Bytes::from(url.into_string())).ok()?;
+                let reuse_for = (ttl / 8).min(REUSE_SIGNED_FOR);
                 let signed = Signed {
                     location,
-                    signed_at,
-                    expires_at,
+                    reuse_until_ms: signed_at_ms
+                        .saturating_add(u64::try_from(reuse_for.as_millis()).unwrap_or(u64::MAX)),
+                    expires_ms,
                 };
                 *rendered.signed.lock().unwrap_or_else(|p| p.into_inner()) = Some(signed.clone());
                 Some(signed)

@@ -74,6 +74,28 @@ struct Mount {
     handler: Arc<dyn Handler>,
     /// Direct-serve is wanted for it (whether or not the backend can sign).
     wants_redirects: bool,
+    metrics: MountMetrics,
+}
+
+/// The metric handles nearly every request of an instance touches, registered when it is
+/// mounted: the hot path looks nothing up and counts no references (the lookups took 2 % of a
+/// redirect's CPU time in scenario 3).
+struct MountMetrics {
+    duration: metrics::Histogram,
+    ok: metrics::Counter,
+    found: metrics::Counter,
+    redirects: metrics::Counter,
+}
+
+impl MountMetrics {
+    fn new(ecosystem: &'static str) -> Self {
+        Self {
+            duration: metrics::histogram!(m::REQUEST_DURATION_SECONDS, "ecosystem" => ecosystem),
+            ok: metrics::counter!(m::REQUESTS_TOTAL, "ecosystem" => ecosystem, "status" => "200"),
+            found: metrics::counter!(m::REQUESTS_TOTAL, "ecosystem" => ecosystem, "status" => "302"),
+            redirects: metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => "redirect"),
+        }
+    }
 }
 
 /// What the first path segment names.
@@ -133,6 +155,7 @@ impl Front {
                         name: i.name,
                         handler: i.handler,
                         wants_redirects,
+                        metrics: MountMetrics::new(i.name),
                     },
                 )
             })
@@ -304,10 +327,10 @@ impl Front {
             return response;
         }
         let path = parts.uri.path();
-        let (response, label) = match path {
-            "/health" => (self.health().await, None),
-            "/metrics" => (self.metrics_text(), None),
-            "/stats" => (self.stats().await, None),
+        let (response, label, mount_metrics) = match path {
+            "/health" => (self.health().await, None, None),
+            "/metrics" => (self.metrics_text(), None, None),
+            "/stats" => (self.stats().await, None, None),
             _ => match self.route(path) {
                 (Route::Instance(mount), rest) => {
                     let request = EcosystemRequest {
@@ -332,7 +355,7 @@ impl Front {
                         response.headers_mut().remove(http::header::CONTENT_LENGTH);
                         *response.body_mut() = body::full(bytes);
                     }
-                    (response, Some(mount.name))
+                    (response, Some(mount.name), Some(&mount.metrics))
                 }
                 (Route::Disabled(disabled), _) => (
                     body::error(
@@ -343,18 +366,33 @@ impl Front {
                         ),
                     ),
                     Some(disabled.name),
+                    None,
                 ),
                 (Route::Unknown, _) => (
                     body::error(404, &format!("no route for {path}")),
                     Some("other"),
+                    None,
                 ),
             },
         };
         let status = response.status().as_u16();
         if let Some(label) = label {
-            let (requests, duration) = self.request_metrics(label, status);
-            requests.increment(1);
-            duration.record(started.elapsed().as_secs_f64());
+            let seconds = started.elapsed().as_secs_f64();
+            match (mount_metrics, status) {
+                (Some(mounted), 200) => {
+                    mounted.ok.increment(1);
+                    mounted.duration.record(seconds);
+                }
+                (Some(mounted), 302) => {
+                    mounted.found.increment(1);
+                    mounted.duration.record(seconds);
+                }
+                _ => {
+                    let (requests, duration) = self.request_metrics(label, status);
+                    requests.increment(1);
+                    duration.record(seconds);
+                }
+            }
         }
         tracing::debug!(path = %path, status, duration_ms = started.elapsed().as_millis() as u64, "request");
         response
@@ -375,8 +413,15 @@ impl Front {
             }
             Reply::Document(doc) => document(method, headers, doc),
             Reply::Stored(stored) => {
-                self.serve_stored(mount.name, mount.wants_redirects, method, headers, stored)
-                    .await
+                self.serve_stored(
+                    mount.name,
+                    mount.wants_redirects,
+                    &mount.metrics.redirects,
+                    method,
+                    headers,
+                    stored,
+                )
+                .await
             }
             Reply::Redirect {
                 location,
