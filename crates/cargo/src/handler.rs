@@ -260,7 +260,7 @@ impl Ecosystem for CargoRegistry {
     async fn handle(self: Arc<Self>, op: CargoOp, _request: EcosystemRequest<'_>) -> Reply {
         match op {
             CargoOp::Config => Reply::Document(self.config_json.clone()),
-            CargoOp::IndexFile(name) => self.index_file(&name).await,
+            CargoOp::IndexFile(name) => Box::pin(self.index_file(&name)).await,
             CargoOp::Download { key, name, version } => {
                 let this = self.clone();
                 let miss_key = key.clone();

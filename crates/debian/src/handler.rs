@@ -375,7 +375,7 @@ impl Ecosystem for DebianArchive {
 
     async fn handle(self: Arc<Self>, op: DebianOp, _request: EcosystemRequest<'_>) -> Reply {
         match op {
-            DebianOp::Signed { path, file } => self.serve_signed(&path, file).await,
+            DebianOp::Signed { path, file } => Box::pin(self.serve_signed(&path, file)).await,
             DebianOp::Dists { key, path, file } => {
                 let freshness = match file {
                     DistsFile::ByHash { .. } => FreshnessRule::ContentAddressed,

@@ -571,16 +571,16 @@ impl Ecosystem for GoProxy {
     async fn handle(self: Arc<Self>, op: GoOp, _request: EcosystemRequest<'_>) -> Reply {
         match op {
             GoOp::List(m) => {
-                self.proxy_document(&format!("{}/@v/list", m.escaped), list_body, TEXT)
+                Box::pin(self.proxy_document(&format!("{}/@v/list", m.escaped), list_body, TEXT))
                     .await
             }
             GoOp::Latest(m) => {
-                self.proxy_document(&format!("{}/@latest", m.escaped), json_body, JSON)
+                Box::pin(self.proxy_document(&format!("{}/@latest", m.escaped), json_body, JSON))
                     .await
             }
             GoOp::Query(m, v) => {
                 let path = format!("{}/@v/{}.info", m.escaped, v.escaped);
-                self.proxy_document(&path, json_body, JSON).await
+                Box::pin(self.proxy_document(&path, json_body, JSON)).await
             }
             GoOp::SumDbSupported => Reply::Document(DocumentReply::new(
                 HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -604,8 +604,7 @@ impl Ecosystem for GoProxy {
                 } else {
                     "text/plain; charset=utf-8"
                 };
-                self.document(&format!("sumdb/{rest}"), &url, check, content_type)
-                    .await
+                Box::pin(self.document(&format!("sumdb/{rest}"), &url, check, content_type)).await
             }
             GoOp::SumDbTile { key, rest } => {
                 let this = self.clone();

@@ -375,7 +375,7 @@ impl Ecosystem for MavenRepository {
 
     async fn handle(self: Arc<Self>, op: MavenOp, _request: EcosystemRequest<'_>) -> Reply {
         match op {
-            MavenOp::Document(path) => self.serve_document(path).await,
+            MavenOp::Document(path) => Box::pin(self.serve_document(path)).await,
             MavenOp::Artifact { key, path } => {
                 let freshness = if path.file == MavenFile::Snapshot {
                     FreshnessRule::RevalidateAfter(self.context.documents.ttl())

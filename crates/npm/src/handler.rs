@@ -231,7 +231,9 @@ impl Ecosystem for Npm {
                 } else {
                     Variant::Full
                 };
-                self.packument(&name, variant).await
+                // Boxed: the packument's future is large, and inline it would make every
+                // tarball request allocate and copy its size (1.5 % of a redirect's CPU time).
+                Box::pin(self.packument(&name, variant)).await
             }
         }
     }

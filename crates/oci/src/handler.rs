@@ -655,9 +655,9 @@ impl Ecosystem for OciRegistry {
                 .with_header(API_VERSION, HeaderValue::from_static("registry/2.0")),
             ),
             OciOp::ManifestByTag(target, tag) => {
-                self.manifest_by_tag(target, tag, request.headers).await
+                Box::pin(self.manifest_by_tag(target, tag, request.headers)).await
             }
-            OciOp::Tags(target) => self.tags(target).await,
+            OciOp::Tags(target) => Box::pin(self.tags(target)).await,
             OciOp::ManifestByDigest(target, digest, key) => {
                 let this = self.clone();
                 let (d, k) = (digest.clone(), key.clone());

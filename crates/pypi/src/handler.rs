@@ -324,7 +324,7 @@ impl Ecosystem for PyPi {
                     )
                     .into();
                 };
-                self.project_page(&project, format).await
+                Box::pin(self.project_page(&project, format)).await
             }
             PyPiOp::File(key) => {
                 let this = self.clone();
