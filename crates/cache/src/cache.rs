@@ -291,8 +291,14 @@ pub struct Cache {
     bypass_logged: AtomicBool,
     /// Whether storage answered its last call (a put, a read, or the background probe).
     storage_ok: AtomicBool,
-    /// Small artifacts' bytes, with the digest of the entry they belong to.
-    hot: moka::sync::Cache<ObjectKey, ([u8; 32], Bytes)>,
+    /// Small artifacts' bytes, with the digest of the entry they belong to (quick_cache, as
+    /// `entries`: read on every small hit).
+    hot: quick_cache::sync::Cache<
+        ObjectKey,
+        ([u8; 32], Bytes),
+        HotWeigher,
+        foldhash::fast::RandomState,
+    >,
 }
 
 impl std::fmt::Debug for Cache {
@@ -305,7 +311,7 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// The entries kept in memory in front of the index. quick_cache, not moka as for the
+/// The entries kept in memory in front of the index. quick_cache, not moka as for proxyd's
 /// other caches: this read is on every hit, and a get took 36 ns against moka's 176 ns (with
 /// its time-to-live) on the project's machine, 1.5 % of a redirect's CPU time (scenario 3).
 /// Its time-to-live is kept with the entry and checked on the read.
@@ -330,41 +336,70 @@ impl quick_cache::Weighter<ObjectKey, MemoryEntry> for EntryWeigher {
     }
 }
 
+/// Weighs a small artifact's bytes in memory: the bytes, the key, and about 450 bytes of
+/// allocations and bookkeeping per item (measured: 100,000 bodies of 16 bytes took 52 MiB).
+#[derive(Clone, Copy)]
+struct HotWeigher;
+
+impl quick_cache::Weighter<ObjectKey, ([u8; 32], Bytes)> for HotWeigher {
+    fn weight(&self, key: &ObjectKey, (_, bytes): &([u8; 32], Bytes)) -> u64 {
+        (bytes.len() + 2 * key.as_str().len() + 448) as u64
+    }
+}
+
 /// About what an entry weighs, to size the memory's table.
 const TYPICAL_ENTRY_WEIGHT: u64 = 2048;
 
 /// Entries kept in memory, `bytes` of them at most by [`entry_weight`].
 fn entry_memory(bytes: u64) -> EntryMemory {
+    weighed_memory(
+        bytes,
+        TYPICAL_ENTRY_WEIGHT,
+        TYPICAL_ENTRY_WEIGHT,
+        EntryWeigher,
+    )
+}
+
+/// A quick_cache of `bytes` by `weigher`, whose items weigh about `typical` and at most
+/// `largest`.
+fn weighed_memory<K, V, W>(
+    bytes: u64,
+    typical: u64,
+    largest: u64,
+    weigher: W,
+) -> quick_cache::sync::Cache<K, V, W, foldhash::fast::RandomState>
+where
+    K: Eq + std::hash::Hash,
+    V: Clone,
+    W: quick_cache::Weighter<K, V> + Clone,
+{
     let bytes = bytes.max(1);
-    // quick_cache splits its capacity among shards, and an entry heavier than one shard's
-    // share is not kept: few shards for a small memory.
-    let shards = usize::try_from(bytes / (64 * TYPICAL_ENTRY_WEIGHT))
+    let items = usize::try_from(bytes / typical.max(1))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    // quick_cache splits its capacity among shards, and an item heavier than one shard's
+    // share is not kept: each shard holds eight of the largest items.
+    let shards = usize::try_from(bytes / largest.max(1).saturating_mul(8))
         .unwrap_or(usize::MAX)
         .clamp(1, 64)
         .next_power_of_two();
     let options = quick_cache::OptionsBuilder::new()
-        .estimated_items_capacity(
-            usize::try_from(bytes / TYPICAL_ENTRY_WEIGHT)
-                .unwrap_or(1)
-                .max(1),
-        )
+        .estimated_items_capacity(items)
         .weight_capacity(bytes)
         .shards(shards)
         .build();
     match options {
         Ok(options) => quick_cache::sync::Cache::with_options(
             options,
-            EntryWeigher,
+            weigher,
             foldhash::fast::RandomState::default(),
             Default::default(),
         ),
         // Only an impossible combination of the numbers above fails; a plain cache then.
         Err(_) => quick_cache::sync::Cache::with(
-            usize::try_from(bytes / TYPICAL_ENTRY_WEIGHT)
-                .unwrap_or(1)
-                .max(1),
+            items,
             bytes,
-            EntryWeigher,
+            weigher,
             foldhash::fast::RandomState::default(),
             Default::default(),
         ),
@@ -444,7 +479,7 @@ impl Cache {
         settings: CacheSettings,
     ) -> Result<Arc<Self>, CacheError> {
         let totals = index.totals().await?;
-        let hot_bytes = settings.hot_bytes;
+        let (hot_bytes, hot_max_object) = (settings.hot_bytes, settings.hot_max_object);
         // Another node may evict an entry this one keeps in memory: keep entries for less than
         // the grace period the evictor waits before deleting an object.
         let entry_ttl = if settings.eviction_grace.is_zero() {
@@ -472,14 +507,12 @@ impl Cache {
             unrecorded: Mutex::new(Vec::new()),
             bypass_logged: AtomicBool::new(false),
             storage_ok: AtomicBool::new(true),
-            hot: moka::sync::Cache::builder()
-                .max_capacity(hot_bytes.max(1))
-                // The bytes, the key, and about 450 bytes of allocations and bookkeeping per
-                // entry (measured: 100,000 bodies of 16 bytes took 52 MiB).
-                .weigher(|key: &ObjectKey, (_, bytes): &([u8; 32], Bytes)| {
-                    u32::try_from(bytes.len() + 2 * key.as_str().len() + 448).unwrap_or(u32::MAX)
-                })
-                .build(),
+            hot: weighed_memory(
+                hot_bytes,
+                16 * 1024,
+                hot_max_object.saturating_add(2 * 1024 + 448),
+                HotWeigher,
+            ),
         });
         tokio::spawn(evict_in_background(Arc::downgrade(&cache)));
         // What a crash left behind goes in the background: a walk of a large directory must
@@ -576,7 +609,7 @@ impl Cache {
         self.generation.fetch_add(1, Ordering::AcqRel);
         for key in keys {
             self.entries.remove(&key);
-            self.hot.invalidate(&key);
+            self.hot.remove(&key);
         }
     }
 
@@ -1767,7 +1800,7 @@ impl Cache {
                 .push(entry.clone());
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.hot.invalidate(&entry.key);
+        self.hot.remove(&entry.key);
         self.remember(entry.clone());
         *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry.key.clone());
         self.refresh_totals().await;
