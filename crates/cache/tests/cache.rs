@@ -697,6 +697,58 @@ async fn two_nodes(settings: CacheSettings) -> (Setup, Arc<Cache>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_another_node_evicts_leaves_this_nodes_memory_after_its_time_to_live() {
+    // A grace period of 2 s keeps entries in memory for 1 s (half of it, one second at least).
+    let grace = Duration::from_secs(2);
+    let s = setup(CacheSettings {
+        eviction_grace: grace,
+        ..CacheSettings::default()
+    })
+    .await;
+    let evicting = Cache::open(
+        s.storage.clone(),
+        s.index.clone(),
+        CacheSettings {
+            max_size: Some(150),
+            eviction_grace: grace,
+            ..CacheSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    for (i, name) in ["old", "new"].into_iter().enumerate() {
+        let data = pattern(100, i as u8);
+        let fetched = s
+            .cache
+            .fetch(spec(name, &data), upstream(&data, 10, false))
+            .await
+            .unwrap();
+        drain(fetched, &s.storage).await.unwrap();
+    }
+    let old = spec("old", &pattern(100, 0)).key;
+    assert!(s.cache.lookup(&old).await.is_some(), "kept in memory");
+    assert_eq!(
+        evicting.evict().await.unwrap(),
+        100,
+        "the other node evicts it"
+    );
+    assert!(
+        s.cache.lookup(&old).await.is_some(),
+        "still served from memory within its time-to-live (the grace period covers it)"
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        s.cache.lookup(&old).await.is_none(),
+        "after its time-to-live the index is asked again, and it is gone"
+    );
+    let new = spec("new", &pattern(100, 1)).key;
+    assert!(
+        s.cache.lookup(&new).await.is_some(),
+        "the other entry stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misses_spread_over_two_nodes_make_one_upstream_fetch() {
     let (s, other) = two_nodes(CacheSettings::default()).await;
     let data = pattern(500_000, 3);
