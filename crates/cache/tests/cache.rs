@@ -298,6 +298,12 @@ async fn old_and_new(eviction_grace: Duration) -> Setup {
         ..CacheSettings::default()
     })
     .await;
+    fetch_old_and_new(&s).await;
+    s
+}
+
+/// Fetch two 100-byte artifacts through `s.cache`, `old` then `new`.
+async fn fetch_old_and_new(s: &Setup) {
     for (i, name) in ["old", "new"].into_iter().enumerate() {
         let data = pattern(100, i as u8);
         let fetched = s
@@ -307,7 +313,6 @@ async fn old_and_new(eviction_grace: Duration) -> Setup {
             .unwrap();
         drain(fetched, &s.storage).await.unwrap();
     }
-    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -716,15 +721,7 @@ async fn an_entry_another_node_evicts_leaves_this_nodes_memory_after_its_time_to
     )
     .await
     .unwrap();
-    for (i, name) in ["old", "new"].into_iter().enumerate() {
-        let data = pattern(100, i as u8);
-        let fetched = s
-            .cache
-            .fetch(spec(name, &data), upstream(&data, 10, false))
-            .await
-            .unwrap();
-        drain(fetched, &s.storage).await.unwrap();
-    }
+    fetch_old_and_new(&s).await;
     let old = spec("old", &pattern(100, 0)).key;
     assert!(s.cache.lookup(&old).await.is_some(), "kept in memory");
     assert_eq!(
