@@ -551,6 +551,17 @@ impl Cache {
         (self.entries.len() as u64, self.entries.weight())
     }
 
+    /// The entry kept in memory under `key`, unless its time-to-live has passed (it is then
+    /// dropped, and the caller asks the index).
+    fn remembered(&self, key: &ObjectKey) -> Option<Arc<ArtifactEntry>> {
+        let memory = self.entries.get(key)?;
+        if memory.expires_ms > clock::monotonic_millis() {
+            return Some(memory.entry);
+        }
+        self.entries.remove(key);
+        None
+    }
+
     /// Keep `entry` in memory for the entry time-to-live.
     fn remember(&self, entry: Arc<ArtifactEntry>) {
         let ttl_ms = u64::try_from(self.entry_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -568,11 +579,8 @@ impl Cache {
     /// (and kept in memory). An index that fails counts as a miss (logged and counted): the
     /// artifact is then served from the upstream.
     pub async fn lookup(&self, key: &ObjectKey) -> Option<Arc<ArtifactEntry>> {
-        if let Some(memory) = self.entries.get(key) {
-            if memory.expires_ms > clock::monotonic_millis() {
-                return Some(memory.entry);
-            }
-            self.entries.remove(key);
+        if let Some(entry) = self.remembered(key) {
+            return Some(entry);
         }
         let generation = self.generation.load(Ordering::Acquire);
         match self.index.artifact(key.as_str()).await {
@@ -996,10 +1004,7 @@ impl Cache {
             if let Some(flight) = flights.get(&spec.key) {
                 Err(flight.clone())
             } else if let Some(entry) = self
-                .entries
-                .get(&spec.key)
-                .filter(|m| m.expires_ms > clock::monotonic_millis())
-                .map(|m| m.entry)
+                .remembered(&spec.key)
                 .filter(|e| newer_than.is_none_or(|t| e.fetched_at > t))
             {
                 // Committed between the caller's lookup and now (a commit is in memory before

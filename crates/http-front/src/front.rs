@@ -96,6 +96,16 @@ impl MountMetrics {
             redirects: metrics::counter!(m::DIRECT_SERVE_TOTAL, "ecosystem" => ecosystem, "outcome" => "redirect"),
         }
     }
+
+    /// The request counter for `status` and the duration histogram, when `status` is one of
+    /// those registered here.
+    fn requests(&self, status: u16) -> Option<(&metrics::Counter, &metrics::Histogram)> {
+        match status {
+            200 => Some((&self.ok, &self.duration)),
+            302 => Some((&self.found, &self.duration)),
+            _ => None,
+        }
+    }
 }
 
 /// What the first path segment names.
@@ -378,16 +388,12 @@ impl Front {
         let status = response.status().as_u16();
         if let Some(label) = label {
             let seconds = started.elapsed().as_secs_f64();
-            match (mount_metrics, status) {
-                (Some(mounted), 200) => {
-                    mounted.ok.increment(1);
-                    mounted.duration.record(seconds);
+            match mount_metrics.and_then(|mounted| mounted.requests(status)) {
+                Some((requests, duration)) => {
+                    requests.increment(1);
+                    duration.record(seconds);
                 }
-                (Some(mounted), 302) => {
-                    mounted.found.increment(1);
-                    mounted.duration.record(seconds);
-                }
-                _ => {
+                None => {
                     let (requests, duration) = self.request_metrics(label, status);
                     requests.increment(1);
                     duration.record(seconds);
