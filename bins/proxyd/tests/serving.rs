@@ -572,18 +572,31 @@ async fn slow_and_idle_clients_cannot_hold_the_server() {
     let config = "server:\n  header_read_timeout: 1s\n  max_connections: 20\n";
     let proxyd = ProxydProcess::start(BIN, config, &[]);
     let addr = proxyd.url().trim_start_matches("http://").to_owned();
-    // Twenty clients that never finish their headers (a byte every 300 ms), and twenty that
-    // connect and say nothing: together more than the cap.
+    // Twenty clients that never finish their headers (a byte every 300 ms), twenty that
+    // connect and say nothing, and twenty that send one request, read the answer and then keep
+    // the connection idle: together more than the cap.
     let mut hostile = Vec::new();
-    for n in 0..40 {
+    for n in 0..60 {
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         hostile.push(tokio::spawn(async move {
-            if n % 2 == 0 {
-                let _ = stream.write_all(b"GET /health HTTP/1.1\r\n").await;
-                for _ in 0..30 {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    if stream.write_all(b"X").await.is_err() {
-                        break;
+            match n % 3 {
+                0 => {
+                    let _ = stream.write_all(b"GET /health HTTP/1.1\r\n").await;
+                    for _ in 0..30 {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        if stream.write_all(b"X").await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                1 => {}
+                _ => {
+                    let request = b"GET /health HTTP/1.1\r\nhost: proxyd\r\n\r\n";
+                    if stream.write_all(request).await.is_ok() {
+                        let mut head = [0u8; 12];
+                        if stream.read_exact(&mut head).await.is_ok() {
+                            assert_eq!(&head, b"HTTP/1.1 200");
+                        }
                     }
                 }
             }

@@ -6,6 +6,7 @@ mod front;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod head_timer;
 mod server;
 mod upload;
 

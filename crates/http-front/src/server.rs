@@ -3,13 +3,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Front;
+use crate::head_timer::ConnectionTimer;
 
 /// What one client may hold of the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,6 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     // Without half-close, hyper probes the socket for EOF while each request is in flight,
     // which makes it allocate a fresh read buffer per request (the old one is still shared
@@ -86,7 +86,8 @@ pub async fn serve(
                     async move { Ok::<_, Infallible>(front.handle_with_body(request).await) }
                 });
                 let first_byte_wait = limits.header_read_timeout;
-                let builder = builder.clone();
+                let mut builder = builder.clone();
+                builder.http1().timer(ConnectionTimer::new());
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     // hyper's header timeout starts at the first byte; a client that connects
