@@ -348,6 +348,58 @@ async fn sigterm_shuts_down_cleanly_and_flushes_hits() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_and_closes_idle_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pkg = Package::new("draining", "1.0.0").padded(100_000);
+    // Idle connections are not closed for idling during the test.
+    let (registry, proxyd) = start(
+        std::slice::from_ref(&pkg),
+        "server:\n  header_read_timeout: 60s\n",
+    )
+    .await;
+    registry.set_fault(
+        &NpmRegistry::tarball_path(&pkg),
+        Fault::Delay(Duration::from_millis(1500)),
+    );
+    // A kept-alive connection, idle after one request.
+    let addr = proxyd.url().trim_start_matches("http://").to_owned();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: proxyd\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // A download waiting for the slow upstream when SIGTERM arrives.
+    let url = tarball_url(&proxyd, &pkg);
+    let in_flight = tokio::spawn(async move { client().get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = tokio::task::spawn_blocking(move || {
+        let mut proxyd = proxyd;
+        let started = std::time::Instant::now();
+        let status = proxyd.stop();
+        (status, started.elapsed(), proxyd)
+    });
+    let response = in_flight.await.unwrap().expect("answered during the drain");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), registry.tarball(&pkg));
+    // The idle connection is closed without waiting for the drain's 30 s limit.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle connection was closed");
+    let (status, took, proxyd) = stopping.await.unwrap();
+    assert!(
+        status.success(),
+        "exit 0 after SIGTERM: {status}\n{}",
+        proxyd.log()
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "exited when its last request finished, not at the drain limit: {took:?}"
+    );
+}
+
 #[test]
 fn check_config_names_every_bad_key() {
     let dir = tempfile::tempdir().unwrap();

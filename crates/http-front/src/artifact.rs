@@ -398,7 +398,7 @@ impl Front {
         // Shared caches must not keep it; a client may reuse it for half of what is left.
         h.insert(
             header::CACHE_CONTROL,
-            self.redirect_cache_control(lifetime.as_secs() / 2),
+            Self::redirect_cache_control(lifetime.as_secs() / 2),
         );
         // hyper writes `content-length: 0` for the empty body.
         Some(response)

@@ -126,8 +126,6 @@ pub struct Front {
     logged_causes: Mutex<HashSet<String>>,
     request_metrics: Handles<(&'static str, u16), (metrics::Counter, metrics::Histogram)>,
     direct_serve_metrics: Handles<(&'static str, &'static str), metrics::Counter>,
-    /// The last `Cache-Control` of a redirect, with its max-age: a run of redirects shares it.
-    redirect_cache_control: Mutex<Option<(u64, HeaderValue)>>,
     /// Why the backend cannot sign, when it cannot.
     unsigned_reason: Option<String>,
     health: Mutex<Option<(Instant, bool, serde_json::Value)>>,
@@ -198,7 +196,6 @@ impl Front {
             logged_causes: Mutex::new(HashSet::new()),
             request_metrics: Handles::new(),
             direct_serve_metrics: Handles::new(),
-            redirect_cache_control: Mutex::new(None),
             unsigned_reason,
             health: Mutex::new(None),
         })
@@ -230,12 +227,15 @@ impl Front {
     }
 
     /// `private, max-age=<max_age>` for a redirect.
-    pub(crate) fn redirect_cache_control(&self, max_age: u64) -> HeaderValue {
-        let mut last = self
-            .redirect_cache_control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match last.as_ref() {
+    pub(crate) fn redirect_cache_control(max_age: u64) -> HeaderValue {
+        // Redirects made in the same second share a value. Each worker thread keeps its own
+        // last one: a process-wide one sat behind a lock (0.5 % of a redirect on one core),
+        // and one shared copy would bounce its reference count between cores.
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        LAST.with_borrow_mut(|last| match last {
             Some((secs, value)) if *secs == max_age => value.clone(),
             _ => {
                 let value = HeaderValue::from_str(&format!("private, max-age={max_age}"))
@@ -243,7 +243,7 @@ impl Front {
                 *last = Some((max_age, value.clone()));
                 value
             }
-        }
+        })
     }
 
     /// Whether a cached GET of `instance` is redirected: `Some(true)` yes, `Some(false)` it
