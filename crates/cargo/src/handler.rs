@@ -263,10 +263,9 @@ impl Ecosystem for CargoRegistry {
             CargoOp::IndexFile(name) => Box::pin(self.index_file(&name)).await,
             CargoOp::Download { key, name, version } => {
                 let this = self.clone();
-                let miss_key = key.clone();
                 Reply::Stored(StoredReply::immutable(
                     key,
-                    Box::new(move || Box::pin(this.resolve(miss_key, name, version))),
+                    Box::new(move |key| Box::pin(this.resolve(key, name, version))),
                 ))
             }
         }

@@ -384,11 +384,10 @@ impl Ecosystem for DebianArchive {
                     }
                 };
                 let this = self.clone();
-                let miss_key = key.clone();
                 let mut reply = StoredReply::immutable(
                     key,
-                    Box::new(move || {
-                        Box::pin(async move { Ok(this.fetch_dists(miss_key, &path, &file)) })
+                    Box::new(move |key| {
+                        Box::pin(async move { Ok(this.fetch_dists(key, &path, &file)) })
                     }),
                 );
                 reply.freshness = freshness;
@@ -396,10 +395,9 @@ impl Ecosystem for DebianArchive {
             }
             DebianOp::Pool { key, path } => {
                 let this = self.clone();
-                let miss_key = key.clone();
                 Reply::Stored(StoredReply::immutable(
                     key,
-                    Box::new(move || Box::pin(async move { this.fetch_pool(miss_key, &path) })),
+                    Box::new(move |key| Box::pin(async move { this.fetch_pool(key, &path) })),
                 ))
             }
         }

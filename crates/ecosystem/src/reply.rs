@@ -33,8 +33,9 @@ impl std::fmt::Debug for Fetch {
 pub type ResolveFuture =
     Pin<Box<dyn Future<Output = Result<Fetch, FetchFailure>> + Send + 'static>>;
 
-/// Makes the [`ResolveFuture`] only when it is needed: on a hit nothing is built.
-pub type Resolver = Box<dyn FnOnce() -> ResolveFuture + Send + 'static>;
+/// Makes the [`ResolveFuture`] only when it is needed: on a hit nothing is built. It is
+/// called with the reply's key, so it need not keep a copy of its own.
+pub type Resolver = Box<dyn FnOnce(ObjectKey) -> ResolveFuture + Send + 'static>;
 
 /// What kind of refusal: the one thing that decides the status a client sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -608,10 +608,9 @@ impl Ecosystem for GoProxy {
             }
             GoOp::SumDbTile { key, rest } => {
                 let this = self.clone();
-                let miss_key = key.clone();
                 Reply::Stored(StoredReply::immutable(
                     key,
-                    Box::new(move || Box::pin(this.resolve_tile(miss_key, rest))),
+                    Box::new(move |key| Box::pin(this.resolve_tile(key, rest))),
                 ))
             }
             GoOp::File {
@@ -621,10 +620,9 @@ impl Ecosystem for GoProxy {
                 file,
             } => {
                 let this = self.clone();
-                let miss_key = key.clone();
                 Reply::Stored(StoredReply::immutable(
                     key,
-                    Box::new(move || Box::pin(this.resolve(miss_key, module, version, file))),
+                    Box::new(move |key| Box::pin(this.resolve(key, module, version, file))),
                 ))
             }
         }

@@ -127,15 +127,17 @@ impl Ecosystem for GradleCache {
 
     async fn handle(self: Arc<Self>, op: GradleOp, _request: EcosystemRequest<'_>) -> Reply {
         match op {
-            GradleOp::Get(key) => {
-                let missing = format!("no build cache entry {}", key.as_str());
-                Reply::Stored(StoredReply::immutable(
-                    key,
-                    Box::new(move || {
-                        Box::pin(async move { Err(FetchFailure::not_found(missing)) })
-                    }),
-                ))
-            }
+            GradleOp::Get(key) => Reply::Stored(StoredReply::immutable(
+                key,
+                Box::new(|key| {
+                    Box::pin(async move {
+                        Err(FetchFailure::not_found(format!(
+                            "no build cache entry {}",
+                            key.as_str()
+                        )))
+                    })
+                }),
+            )),
             GradleOp::Put(key) => Reply::Upload(UploadReply {
                 name: key
                     .as_str()

@@ -10,7 +10,7 @@ use proxyd_cache::{ArtifactEntry, CacheError, Fetched, clock};
 use proxyd_ecosystem::{
     ArtifactSpec, Fetch, FreshnessRule, Refusal, Resolver, SourceFuture, StoredReply,
 };
-use proxyd_storage_core::{ErrorKind, ResponseOverrides};
+use proxyd_storage_core::{ErrorKind, ObjectKey, ResponseOverrides};
 
 use crate::body::{self, Body};
 use crate::front::{Front, not_modified, refusal_response};
@@ -167,14 +167,20 @@ fn is_fresh(entry: &ArtifactEntry, rule: FreshnessRule) -> bool {
 
 /// Run the resolver of a miss and hand its fetch to `start`, with the file name the response
 /// names.
-async fn resolved<Fut>(
+/// What a miss needs: the key and the handler's resolver for it.
+struct Miss {
+    key: ObjectKey,
     resolve: Resolver,
+}
+
+async fn resolved<Fut>(
+    miss: Miss,
     start: impl FnOnce(ArtifactSpec, SourceFuture) -> Fut,
 ) -> (Result<Fetched, CacheError>, String)
 where
     Fut: Future<Output = Result<Fetched, CacheError>>,
 {
-    match resolve().await {
+    match (miss.resolve)(miss.key).await {
         Ok(Fetch { spec, source }) => {
             let filename = spec.filename.clone();
             (start(spec, source).await, filename)
@@ -245,12 +251,12 @@ impl Front {
             method,
             headers,
         };
-        let mut response = match self.cache.lookup(&key).await {
-            Some(entry) if is_fresh(&entry, freshness) => {
-                self.serve_hit(asker, entry, resolve).await
-            }
-            Some(stale) => self.serve_miss(asker, resolve, Some(stale)).await,
-            None => self.serve_miss(asker, resolve, None).await,
+        let found = self.cache.lookup(&key).await;
+        let miss = Miss { key, resolve };
+        let mut response = match found {
+            Some(entry) if is_fresh(&entry, freshness) => self.serve_hit(asker, entry, miss).await,
+            Some(stale) => self.serve_miss(asker, miss, Some(stale)).await,
+            None => self.serve_miss(asker, miss, None).await,
         };
         if !extra.is_empty() && response.status().as_u16() < 400 {
             for (name, value) in &extra {
@@ -264,11 +270,11 @@ impl Front {
     async fn serve_miss(
         self: &Arc<Self>,
         asker: Asker<'_>,
-        resolve: Resolver,
+        miss: Miss,
         stale: Option<Arc<ArtifactEntry>>,
     ) -> Response<Body> {
         let newer_than = stale.as_ref().map(|s| s.fetched_at);
-        let fetched = resolved(resolve, |spec, source| {
+        let fetched = resolved(miss, |spec, source| {
             self.cache.fetch_newer(spec, source, newer_than)
         })
         .await;
@@ -297,23 +303,21 @@ impl Front {
         self: &Arc<Self>,
         asker: Asker<'_>,
         entry: Arc<ArtifactEntry>,
-        resolve: Resolver,
+        miss: Miss,
     ) -> Response<Body> {
         match self.serve_cached(asker, &entry).await {
             Ok(response) => response,
             Err(err) if err.is_not_found() => {
                 // Deleted behind proxyd's back: forget it and fetch it again.
                 self.cache.forget(&entry.key).await;
-                Box::pin(self.serve_miss(asker, resolve, None)).await
+                Box::pin(self.serve_miss(asker, miss, None)).await
             }
             Err(err) => {
                 // Storage is failing: this one comes from the upstream, verified, uncached.
                 self.cache.note_storage_failure();
                 tracing::debug!(key = %entry.key, error = %err, "cached object unreadable; serving from the upstream");
-                let fetched = resolved(resolve, |spec, source| {
-                    self.cache.pass_through(spec, source)
-                })
-                .await;
+                let fetched =
+                    resolved(miss, |spec, source| self.cache.pass_through(spec, source)).await;
                 match fetched {
                     (Ok(fetched), filename) => streaming_response(asker, fetched, &filename),
                     (Err(_), _) => body::error(503, &format!("storage failed: {err}")),

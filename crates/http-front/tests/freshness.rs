@@ -38,16 +38,15 @@ impl Ecosystem for OneFile {
         let mut headers = HeaderMap::new();
         headers.insert("x-index", HeaderValue::from_static("yes"));
         let this = self.clone();
-        let miss_key = key.clone();
         Reply::Stored(StoredReply {
             key,
             freshness: FreshnessRule::RevalidateAfter(Duration::from_secs(1)),
             headers,
             never_redirect: false,
-            resolve: Box::new(move || {
+            resolve: Box::new(move |key| {
                 Box::pin(async move {
                     Ok(this.upstream.fetch(ArtifactSpec {
-                        key: miss_key,
+                        key,
                         ecosystem: "one",
                         name: "index".into(),
                         version: String::new(),

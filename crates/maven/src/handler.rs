@@ -383,10 +383,9 @@ impl Ecosystem for MavenRepository {
                     FreshnessRule::Immutable
                 };
                 let this = self.clone();
-                let miss_key = key.clone();
                 let mut reply = StoredReply::immutable(
                     key,
-                    Box::new(move || Box::pin(this.resolve(miss_key, path))),
+                    Box::new(move |key| Box::pin(this.resolve(key, path))),
                 );
                 reply.freshness = freshness;
                 Reply::Stored(reply)

@@ -213,10 +213,9 @@ impl Ecosystem for Npm {
         match op {
             NpmOp::Tarball(key) => {
                 let this = self.clone();
-                let miss_key = key.clone();
                 Reply::Stored(StoredReply::immutable(
                     key,
-                    Box::new(move || Box::pin(this.resolve(miss_key))),
+                    Box::new(move |key| Box::pin(this.resolve(key))),
                 ))
             }
             NpmOp::Packument(name) => {

@@ -660,21 +660,21 @@ impl Ecosystem for OciRegistry {
             OciOp::Tags(target) => Box::pin(self.tags(target)).await,
             OciOp::ManifestByDigest(target, digest, key) => {
                 let this = self.clone();
-                let (d, k) = (digest.clone(), key.clone());
+                let d = digest.clone();
                 self.stored(
                     key,
                     &digest,
-                    Box::new(move || Box::pin(this.resolve_manifest(target, d, k))),
+                    Box::new(move |k| Box::pin(this.resolve_manifest(target, d, k))),
                     true,
                 )
             }
             OciOp::Blob(target, digest, key) => {
                 let this = self.clone();
-                let (d, k) = (digest.clone(), key.clone());
+                let d = digest.clone();
                 self.stored(
                     key,
                     &digest,
-                    Box::new(move || Box::pin(this.resolve_blob(target, d, k))),
+                    Box::new(move |k| Box::pin(this.resolve_blob(target, d, k))),
                     false,
                 )
             }

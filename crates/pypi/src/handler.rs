@@ -328,10 +328,9 @@ impl Ecosystem for PyPi {
             }
             PyPiOp::File(key) => {
                 let this = self.clone();
-                let miss_key = key.clone();
                 Reply::Stored(StoredReply::immutable(
                     key,
-                    Box::new(move || Box::pin(this.resolve(miss_key))),
+                    Box::new(move |key| Box::pin(this.resolve(key))),
                 ))
             }
         }

@@ -53,52 +53,60 @@ fn check(key: &str, is_prefix: bool) -> Result<()> {
     if key.len() > MAX_KEY_LEN {
         return bad("is longer than 1024 bytes");
     }
-    // Every key of every request goes through here. A table lookup per byte, then the
-    // segments split at '/' with memchr: a third of the time a loop that tracked segments byte
-    // by byte took (about 60 ns for an npm tarball's key, 1 % of a redirect).
-    if let Some(at) = key.bytes().position(|b| !KEY_BYTE[usize::from(b)]) {
-        // The first byte refused is ASCII or starts a multi-byte character: a boundary.
-        let c = key[at..].chars().next().unwrap_or_default();
-        let before = &key[..at];
-        // Whatever is wrong before the character is reported first: the segments it ends,
-        // then the start of the one it is in.
-        let (whole_segments, started) = match before.rsplit_once('/') {
-            Some((whole, started)) => (Some(whole), started),
-            None => (None, before),
-        };
-        if let Some(whole) = whole_segments {
-            segments_ok(whole, &bad)?;
+    // Every key of every request goes through here: one pass, one table lookup per byte,
+    // segment rules checked at each '/' (270 instructions for an npm tarball's key, against
+    // 737 for a loop that tested each byte's class with comparisons).
+    let bytes = key.as_bytes();
+    let segment_ok = |start: usize, end: usize| {
+        if end == start {
+            bad("has an empty path segment (leading, trailing or doubled '/')")
+        } else if bytes[start] == b'.' {
+            bad("has a segment starting with '.'")
+        } else if end - start > MAX_SEGMENT_LEN {
+            bad("has a segment longer than 255 bytes")
+        } else {
+            Ok(())
         }
-        if started.starts_with('.') {
-            return bad("has a segment starting with '.'");
-        }
-        return bad(&format!("contains the character {c:?}"));
-    }
-    segments_ok(key, &bad)
-}
-
-/// The segment rules, for a string of allowed bytes, reported in the order of the segments.
-fn segments_ok(key: &str, bad: &impl Fn(&str) -> Result<()>) -> Result<()> {
-    for segment in key.split('/') {
-        if segment.is_empty() {
-            return bad("has an empty path segment (leading, trailing or doubled '/')");
-        }
-        if segment.starts_with('.') {
-            return bad("has a segment starting with '.'");
-        }
-        if segment.len() > MAX_SEGMENT_LEN {
-            return bad("has a segment longer than 255 bytes");
+    };
+    let mut start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        match KEY_BYTE[usize::from(byte)] {
+            ByteClass::Segment => {}
+            ByteClass::Slash => {
+                segment_ok(start, i)?;
+                start = i + 1;
+            }
+            ByteClass::Refused => {
+                // The segment this byte is in started with '.': that is said first.
+                if i > start && bytes[start] == b'.' {
+                    return bad("has a segment starting with '.'");
+                }
+                // The first byte refused is ASCII or starts a multi-byte character: a boundary.
+                let c = key[i..].chars().next().unwrap_or_default();
+                return bad(&format!("contains the character {c:?}"));
+            }
         }
     }
-    Ok(())
+    segment_ok(start, bytes.len())
 }
 
-/// Which bytes a key may hold: the segment characters and '/'.
-const KEY_BYTE: [bool; 256] = {
-    let mut table = [false; 256];
+#[derive(Clone, Copy)]
+enum ByteClass {
+    Segment,
+    Slash,
+    Refused,
+}
+
+/// What each byte is in a key.
+const KEY_BYTE: [ByteClass; 256] = {
+    let mut table = [ByteClass::Refused; 256];
     let mut b = 0;
     while b < 256 {
-        table[b] = b == b'/' as usize || allowed(b as u8);
+        if b == b'/' as usize {
+            table[b] = ByteClass::Slash;
+        } else if allowed(b as u8) {
+            table[b] = ByteClass::Segment;
+        }
         b += 1;
     }
     table
