@@ -54,8 +54,8 @@ fn check(key: &str, is_prefix: bool) -> Result<()> {
         return bad("is longer than 1024 bytes");
     }
     // Every key of every request goes through here: one pass, one table lookup per byte,
-    // segment rules checked at each '/' (270 instructions for an npm tarball's key, against
-    // 737 for a loop that tested each byte's class with comparisons).
+    // segment rules checked at each '/' (380 instructions for an npm tarball's key, against
+    // 737 for a loop that tested each byte's class with comparisons, counted by callgrind).
     let bytes = key.as_bytes();
     let segment_ok = |start: usize, end: usize| {
         if end == start {
