@@ -321,7 +321,7 @@ impl Front {
     async fn serve_parts(
         self: Arc<Self>,
         parts: http::request::Parts,
-        request_body: Option<RequestBody>,
+        mut request_body: Option<RequestBody>,
     ) -> Response<Body> {
         // The time-stamp counter where the CPU has a steady one: a third of `Instant::now`'s
         // cost, and a request reads it twice.
@@ -355,7 +355,13 @@ impl Front {
                     };
                     let reply = mount.handler.clone().serve(request).await;
                     let mut response = self
-                        .respond(mount, &parts.method, &parts.headers, reply, request_body)
+                        .respond(
+                            mount,
+                            &parts.method,
+                            &parts.headers,
+                            reply,
+                            &mut request_body,
+                        )
                         .await;
                     if let Some(body::ErrorReason(reason)) = response.extensions().get()
                         && let Some((content_type, bytes)) =
@@ -389,6 +395,11 @@ impl Front {
                 ),
             },
         };
+        if let Some(unread) = request_body {
+            // Answered without reading the body (a refusal, an upload too large by its
+            // Content-Length): read what the client still sends before answering.
+            crate::upload::linger(&mut http_body_util::BodyDataStream::new(unread)).await;
+        }
         let status = response.status().as_u16();
         if let Some(label) = label {
             let seconds = started.elapsed().as_secs_f64();
@@ -414,11 +425,11 @@ impl Front {
         method: &Method,
         headers: &HeaderMap,
         reply: Reply,
-        request_body: Option<RequestBody>,
+        request_body: &mut Option<RequestBody>,
     ) -> Response<Body> {
         match reply {
             Reply::Upload(upload) => {
-                self.store_upload(mount.name, headers, upload, request_body)
+                self.store_upload(mount.name, headers, upload, request_body.take())
                     .await
             }
             Reply::Document(doc) => document(method, headers, doc),

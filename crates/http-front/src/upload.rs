@@ -34,9 +34,7 @@ impl Front {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > upload.max_size) {
-            if let Some(request_body) = request_body {
-                linger(&mut http_body_util::BodyDataStream::new(request_body)).await;
-            }
+            // The front reads what the client still sends of the unread body.
             return too_large();
         }
         let Some(request_body) = request_body else {
@@ -101,10 +99,11 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Read and drop what the client still sends of a refused body, within [`LINGER`] and
-/// [`LINGER_BYTES`], so that the 413 reaches it. A connection closed with unread bytes is reset,
-/// and the reset can arrive before the client reads the answer (one run in about forty of the
-/// Gradle upload test lost its 413 so). nginx's lingering close does the same.
-async fn linger<S>(rest: &mut S)
+/// [`LINGER_BYTES`], so that the answer reaches it. A connection closed with unread bytes is
+/// reset, and the reset can arrive before the client reads the answer (one run in about forty
+/// of the Gradle upload test lost its 413 so). nginx's lingering close does the same. Used for
+/// an upload refused while streaming, and by the front for any body a route left unread.
+pub(crate) async fn linger<S>(rest: &mut S)
 where
     S: Stream<Item = std::io::Result<Bytes>> + Unpin,
 {
